@@ -1,0 +1,13 @@
+"""cnnkern: convolutional-network layers on hand-written Triton, CUDA C++ and CPU kernels.
+
+    import cnnkern
+    conv = cnnkern.Conv2d(3, 16, 3, padding=1)      # drop-in for nn.Conv2d
+    with cnnkern.use_backend("cuda"): ...           # "triton", "cuda", "cpu", "cuda_emu"
+"""
+from . import _ops  # noqa: F401  (loads the compiled and Triton ops)
+from . import functional
+from ._backend import BACKENDS, available_backends, current_backend, use_backend
+from .modules import Conv2d
+
+__all__ = ["BACKENDS", "Conv2d", "available_backends", "current_backend", "functional", "use_backend"]
+__version__ = "0.1.0"

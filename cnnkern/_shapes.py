@@ -1,0 +1,28 @@
+"""Shape and memory-format rules shared by every backend's Python side."""
+from __future__ import annotations
+
+import torch
+from torch._prims_common import suggest_memory_format
+
+
+def conv_out_size(size: int, kernel: int, stride: int, pad: int, dil: int) -> int:
+    return (size + 2 * pad - dil * (kernel - 1) - 1) // stride + 1
+
+
+def conv2d_output_shape(input, weight, stride, padding, dilation) -> tuple[int, int, int, int]:
+    n, _, h, w = input.shape
+    k, _, r, s = weight.shape
+    return (n, k, conv_out_size(h, r, stride[0], padding[0], dilation[0]),
+            conv_out_size(w, s, stride[1], padding[1], dilation[1]))
+
+
+def memory_format_of(t: torch.Tensor) -> torch.memory_format:
+    """The C++ suggest_memory_format: the layout t's strides follow."""
+    return suggest_memory_format(t)
+
+
+def conv2d_memory_format(input: torch.Tensor, weight: torch.Tensor) -> torch.memory_format:
+    """torch's rule: channels_last output if the input or the weight is channels_last."""
+    if torch.channels_last in (suggest_memory_format(input), suggest_memory_format(weight)):
+        return torch.channels_last
+    return torch.contiguous_format

@@ -1,0 +1,545 @@
+// Conv2d forward and backward on CUDA cores, as implicit GEMMs.
+//
+// Each pass is, per group, a GEMM  C[M x Ngemm] = A[M x Kgemm] * B[Kgemm x Ngemm]
+// whose operands are never materialised: a "problem" struct says how to gather
+// A(m, kk) and B(kk, n) straight from the tensors (im2col happens in the load,
+// padding reads as zero) and how to store C(m, n):
+//
+//   pass             M          Ngemm           Kgemm           A      B
+//   forward          N*P*Q      K/groups        C/groups*R*S    x      w
+//   backward input   N*H*W      C/groups        K/groups*R*S    dy     w^T
+//   backward weight  K/groups   C/groups*R*S    N*P*Q           dy^T   x
+//
+// Tiling: one mainloop serves all three. A block of 256 threads owns a 64x64
+// tile of C for one group (grid.x: M tiles, grid.y: Ngemm tiles, grid.z: the
+// group, times the Kgemm split for backward weight) and walks Kgemm 16 deep at
+// a time. Each thread gathers 4 elements of the 64x16 A slab and 4 of the 16x64
+// B slab into registers (as acc_t) while the block computes on the previous
+// slab, then stores them into the other half of a double-buffered shared tile:
+// one __syncthreads per step. Each thread accumulates a 4x4 micro-tile in
+// registers, so 8 shared-memory loads feed 16 FMAs.
+//
+// Memory traffic: a gathered element is read from global memory once per block
+// and used 64 times from shared memory, so across the grid A is read
+// ceil(Ngemm/64) times and B ceil(M/64) times. The im2col gather touches each
+// input element up to R*S times; L1/L2 absorb that because neighbouring rows m
+// read neighbouring pixels. C is written exactly once: the forward and
+// input-gradient passes gather (input gradient through conv_out_coord) rather
+// than scatter, so they need no atomics, no zero-fill and no zero-insertion.
+// Backward weight has a short M and N but a long Kgemm, so it splits Kgemm over
+// grid.z to fill the GPU even at batch 1; each split atomically adds its tile
+// into an acc_t workspace, and a small kernel converts that to dw.
+//
+// Backward bias is a plain reduction: one block per output channel, warp
+// shuffles, then the per-warp partials meet in dynamic shared memory.
+//
+// GEMM coordinates are int (the launchers check the extents); memory offsets
+// are int64 through each tensor's element strides, so NCHW, channels_last and
+// arbitrary views take the same path.
+#ifndef CNNKERN_GPU_NS
+#define CNNKERN_GPU_NS cuda
+#endif
+
+#include <climits>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "cnnkern/conv2d_index.h"
+#include "cnnkern/conv2d_launch.h"
+#include "cnnkern/gpu_types.h"
+#include "cnnkern/launch.h"
+
+namespace cnnkern {
+namespace CNNKERN_GPU_NS {
+namespace {
+
+constexpr int kTileM = 64;
+constexpr int kTileN = 64;
+constexpr int kTileK = 16;
+constexpr int kThreads = 256;
+constexpr int kMinBlocksPerSm = 2;
+constexpr int kMicroM = 4;
+constexpr int kMicroN = 4;
+constexpr int kThreadsM = kTileM / kMicroM;  // threads along M in the compute layout
+static_assert(kThreadsM * (kTileN / kMicroN) == kThreads, "micro-tiles must cover the tile");
+
+// Gather layout: thread t loads row t % 64 of the A slab and column t % 64 of
+// the B slab, at reduction rows t / 64 + 4 i. A thread's row and column stay
+// fixed for the whole mainloop, so their (n, p, q) or (c, r, s) decomposition
+// is computed once; only the reduction index is decoded per step.
+static_assert(kTileM == kTileN, "A and B slabs share one gather layout");
+constexpr int kGatherRowsK = kThreads / kTileM;  // reduction rows per gather pass
+constexpr int kGathers = kTileK / kGatherRowsK;  // elements of A (and of B) per thread per step
+static_assert(kGatherRowsK * kGathers == kTileK, "gather layout must cover the slab");
+
+// Tile origins plus a tile must still fit in int.
+constexpr int64_t kMaxGemmExtent = INT_MAX - 2 * kTileM;
+constexpr int64_t kMaxGridYZ = 65535;
+
+// Split-K for backward weight: aim for this many blocks per SM, but keep at
+// least kMinStepsPerSplit Kgemm steps per split so the atomics (one per C
+// element per split) stay cheap next to the 64*64*16 FMAs of each step.
+constexpr int64_t kTargetBlocksPerSm = 4;
+constexpr int64_t kMinStepsPerSplit = 8;
+
+constexpr int kWarpSize = 32;
+constexpr int kBiasThreads = 256;
+constexpr int kConvertThreads = 256;
+constexpr int64_t kMaxConvertBlocks = 4096;
+
+template <typename T>
+__device__ __forceinline__ acc_t<T> to_acc(T v) {
+  return static_cast<acc_t<T>>(v);
+}
+
+__device__ __forceinline__ bool in_range(int64_t i, int64_t extent) {
+  return i >= 0 && i < extent;
+}
+
+// ---- Problems --------------------------------------------------------------
+// A problem describes one pass to implicit_gemm_kernel:
+//   gemm_m, gemm_n, gemm_k     GEMM extents, per group
+//   decode_k(kk)      -> KIdx  reduction index split into tensor coordinates
+//   a_row(g, m)       -> ARow  what stays fixed along row m of A
+//   load_a(ARow, KIdx)         A(m, kk) as Acc, zero when outside the tensors
+//   b_col(g, n), load_b(BCol, KIdx)   the same for B(kk, n)
+//   c_row(g, m)       -> CRow, store(CRow, n, acc)   the epilogue
+// Every struct carries `valid` so the mainloop needs no bounds logic of its own.
+
+template <typename T>
+struct ForwardProblem {
+  using Acc = acc_t<T>;
+  Conv2dShape shape;
+  const T* x;
+  const T* weight;
+  const T* bias;  // may be null
+  T* y;
+  int gemm_m, gemm_n, gemm_k;  // N*P*Q, K/groups, C/groups*R*S
+  int PQ, Q, RS, S;
+
+  struct KIdx { int c, r, s; bool valid; };
+  struct ARow { const T* x; int p, q; bool valid; };
+  struct BCol { const T* weight; bool valid; };
+  struct CRow { T* y; const T* bias; bool valid; };
+
+  __device__ __forceinline__ KIdx decode_k(int kk) const {
+    const int c = kk / RS, rs = kk - c * RS, r = rs / S;
+    return {c, r, rs - r * S, kk < gemm_k};
+  }
+  __device__ __forceinline__ ARow a_row(int g, int m) const {
+    const int n = m / PQ, pq = m - n * PQ, p = pq / Q;
+    const T* base = x + n * shape.x_stride[0] + g * shape.c_per_group() * shape.x_stride[1];
+    return {base, p, pq - p * Q, m < gemm_m};
+  }
+  __device__ __forceinline__ Acc load_a(const ARow& a, const KIdx& k) const {
+    const int64_t h = conv_in_coord(a.p, k.r, shape.stride_h, shape.pad_h, shape.dil_h);
+    const int64_t w = conv_in_coord(a.q, k.s, shape.stride_w, shape.pad_w, shape.dil_w);
+    if (!(a.valid && k.valid && in_range(h, shape.H) && in_range(w, shape.W))) return Acc(0);
+    return to_acc(a.x[k.c * shape.x_stride[1] + h * shape.x_stride[2] + w * shape.x_stride[3]]);
+  }
+  __device__ __forceinline__ BCol b_col(int g, int n) const {
+    return {weight + (g * shape.k_per_group() + n) * shape.w_stride[0], n < gemm_n};
+  }
+  __device__ __forceinline__ Acc load_b(const BCol& b, const KIdx& k) const {
+    if (!(b.valid && k.valid)) return Acc(0);
+    return to_acc(
+        b.weight[k.c * shape.w_stride[1] + k.r * shape.w_stride[2] + k.s * shape.w_stride[3]]);
+  }
+  __device__ __forceinline__ CRow c_row(int g, int m) const {
+    const int n = m / PQ, pq = m - n * PQ, p = pq / Q, q = pq - p * Q;
+    const int64_t k0 = g * shape.k_per_group();
+    T* out = y + n * shape.y_stride[0] + k0 * shape.y_stride[1] + p * shape.y_stride[2] +
+             q * shape.y_stride[3];
+    return {out, bias ? bias + k0 : nullptr, m < gemm_m};
+  }
+  __device__ __forceinline__ void store(const CRow& c, int n, Acc v) const {
+    if (c.bias) v += to_acc(c.bias[n]);
+    c.y[n * shape.y_stride[1]] = static_cast<T>(v);
+  }
+};
+
+template <typename T>
+struct BackwardInputProblem {
+  using Acc = acc_t<T>;
+  Conv2dShape shape;
+  const T* dy;
+  const T* weight;
+  T* dx;
+  int gemm_m, gemm_n, gemm_k;  // N*H*W, C/groups, K/groups*R*S
+  int HW, W, RS, S;
+
+  struct KIdx { int k, r, s; bool valid; };
+  struct ARow { const T* dy; int h, w; bool valid; };
+  struct BCol { const T* weight; bool valid; };
+  struct CRow { T* dx; bool valid; };
+
+  __device__ __forceinline__ KIdx decode_k(int kk) const {
+    const int k = kk / RS, rs = kk - k * RS, r = rs / S;
+    return {k, r, rs - r * S, kk < gemm_k};
+  }
+  __device__ __forceinline__ ARow a_row(int g, int m) const {
+    const int n = m / HW, hw = m - n * HW, h = hw / W;
+    const T* base = dy + n * shape.y_stride[0] + g * shape.k_per_group() * shape.y_stride[1];
+    return {base, h, hw - h * W, m < gemm_m};
+  }
+  // dx[h][w] gathers dy[p][q] for the taps (r, s) that map (p, q) onto (h, w).
+  __device__ __forceinline__ Acc load_a(const ARow& a, const KIdx& k) const {
+    int64_t p = 0, q = 0;
+    if (!(a.valid && k.valid) ||
+        !conv_out_coord(a.h, k.r, shape.stride_h, shape.pad_h, shape.dil_h, shape.P, &p) ||
+        !conv_out_coord(a.w, k.s, shape.stride_w, shape.pad_w, shape.dil_w, shape.Q, &q))
+      return Acc(0);
+    return to_acc(a.dy[k.k * shape.y_stride[1] + p * shape.y_stride[2] + q * shape.y_stride[3]]);
+  }
+  __device__ __forceinline__ BCol b_col(int g, int c) const {
+    return {weight + g * shape.k_per_group() * shape.w_stride[0] + c * shape.w_stride[1],
+            c < gemm_n};
+  }
+  __device__ __forceinline__ Acc load_b(const BCol& b, const KIdx& k) const {
+    if (!(b.valid && k.valid)) return Acc(0);
+    return to_acc(
+        b.weight[k.k * shape.w_stride[0] + k.r * shape.w_stride[2] + k.s * shape.w_stride[3]]);
+  }
+  __device__ __forceinline__ CRow c_row(int g, int m) const {
+    const int n = m / HW, hw = m - n * HW, h = hw / W, w = hw - h * W;
+    T* out = dx + n * shape.x_stride[0] + g * shape.c_per_group() * shape.x_stride[1] +
+             h * shape.x_stride[2] + w * shape.x_stride[3];
+    return {out, m < gemm_m};
+  }
+  __device__ __forceinline__ void store(const CRow& c, int n, Acc v) const {
+    c.dx[n * shape.x_stride[1]] = static_cast<T>(v);
+  }
+};
+
+template <typename T>
+struct BackwardWeightProblem {
+  using Acc = acc_t<T>;
+  Conv2dShape shape;
+  const T* dy;
+  const T* x;
+  Acc* workspace;  // [K][C/groups * R * S], zeroed by the caller
+  int gemm_m, gemm_n, gemm_k;  // K/groups, C/groups*R*S, N*P*Q
+  int PQ, Q, RS, S;
+
+  struct KIdx { int n, p, q; bool valid; };
+  struct ARow { const T* dy; bool valid; };
+  struct BCol { const T* x; int r, s; bool valid; };
+  struct CRow { Acc* ws; bool valid; };
+
+  __device__ __forceinline__ KIdx decode_k(int kk) const {
+    const int n = kk / PQ, pq = kk - n * PQ, p = pq / Q;
+    return {n, p, pq - p * Q, kk < gemm_k};
+  }
+  __device__ __forceinline__ ARow a_row(int g, int m) const {
+    return {dy + (g * shape.k_per_group() + m) * shape.y_stride[1], m < gemm_m};
+  }
+  __device__ __forceinline__ Acc load_a(const ARow& a, const KIdx& k) const {
+    if (!(a.valid && k.valid)) return Acc(0);
+    return to_acc(a.dy[k.n * shape.y_stride[0] + k.p * shape.y_stride[2] + k.q * shape.y_stride[3]]);
+  }
+  __device__ __forceinline__ BCol b_col(int g, int col) const {
+    const int c = col / RS, rs = col - c * RS, r = rs / S;
+    return {x + (g * shape.c_per_group() + c) * shape.x_stride[1], r, rs - r * S, col < gemm_n};
+  }
+  __device__ __forceinline__ Acc load_b(const BCol& b, const KIdx& k) const {
+    const int64_t h = conv_in_coord(k.p, b.r, shape.stride_h, shape.pad_h, shape.dil_h);
+    const int64_t w = conv_in_coord(k.q, b.s, shape.stride_w, shape.pad_w, shape.dil_w);
+    if (!(b.valid && k.valid && in_range(h, shape.H) && in_range(w, shape.W))) return Acc(0);
+    return to_acc(b.x[k.n * shape.x_stride[0] + h * shape.x_stride[2] + w * shape.x_stride[3]]);
+  }
+  __device__ __forceinline__ CRow c_row(int g, int m) const {
+    return {workspace + (g * static_cast<int64_t>(gemm_m) + m) * gemm_n, m < gemm_m};
+  }
+  // Several Kgemm splits add into the same element.
+  __device__ __forceinline__ void store(const CRow& c, int col, Acc v) const {
+    atomicAdd(c.ws + col, v);
+  }
+};
+
+// ---- The shared mainloop -----------------------------------------------------
+
+// Block (x, y, z) computes C tile (x, y) of group z / splits over the Kgemm
+// range [split * steps_per_split, (split + 1) * steps_per_split) * kTileK.
+//
+// The second __launch_bounds__ argument (2 blocks per SM) caps registers at
+// 128; without it ptxas squeezed some instantiations into 64 and spilled.
+template <typename Problem>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    implicit_gemm_kernel(const Problem prob, const int splits, const int steps_per_split) {
+  using Acc = typename Problem::Acc;
+  // [buffer][kk][m or n]: the gather writes and the micro-tile reads both walk
+  // the last index across a warp, so neither conflicts on banks, and a
+  // thread's 4 micro-tile values are one 16-byte aligned vector (float).
+  __shared__ __align__(16) Acc a_smem[2][kTileK][kTileM];
+  __shared__ __align__(16) Acc b_smem[2][kTileK][kTileN];
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int m0 = static_cast<int>(blockIdx.x) * kTileM;
+  const int n0 = static_cast<int>(blockIdx.y) * kTileN;
+  const int group = static_cast<int>(blockIdx.z) / splits;
+  const int k_begin = static_cast<int>(blockIdx.z) % splits * steps_per_split * kTileK;
+  const int k_left = prob.gemm_k - k_begin;
+  const int k_steps_left = k_left > 0 ? (k_left + kTileK - 1) / kTileK : 0;
+  const int k_steps = k_steps_left < steps_per_split ? k_steps_left : steps_per_split;
+
+  const int gather_mn = tid % kTileM;
+  const int gather_k = tid / kTileM;
+  const auto a_row = prob.a_row(group, m0 + gather_mn);
+  const auto b_col = prob.b_col(group, n0 + gather_mn);
+  Acc a_next[kGathers], b_next[kGathers];
+  auto gather = [&](int k0) {
+    CNNKERN_UNROLL
+    for (int i = 0; i < kGathers; ++i) {
+      const auto k = prob.decode_k(k0 + gather_k + i * kGatherRowsK);
+      a_next[i] = prob.load_a(a_row, k);
+      b_next[i] = prob.load_b(b_col, k);
+    }
+  };
+  auto stage = [&](int buf) {
+    CNNKERN_UNROLL
+    for (int i = 0; i < kGathers; ++i) {
+      a_smem[buf][gather_k + i * kGatherRowsK][gather_mn] = a_next[i];
+      b_smem[buf][gather_k + i * kGatherRowsK][gather_mn] = b_next[i];
+    }
+  };
+
+  // M is the fast thread index: for NCHW tensors neighbouring m are
+  // neighbouring pixels, which keeps the epilogue's stores close together.
+  const int tm = tid % kThreadsM;
+  const int tn = tid / kThreadsM;
+  Acc acc[kMicroM][kMicroN] = {};
+
+  if (k_steps > 0) {
+    gather(k_begin);
+    stage(0);
+  }
+  __syncthreads();
+  for (int step = 0; step < k_steps; ++step) {
+    const int buf = step & 1;
+    const bool more = step + 1 < k_steps;
+    // Issued before the FMAs so the global loads overlap them.
+    if (more) gather(k_begin + (step + 1) * kTileK);
+    CNNKERN_UNROLL
+    for (int kk = 0; kk < kTileK; ++kk) {
+      Acc a[kMicroM], b[kMicroN];
+      CNNKERN_UNROLL
+      for (int i = 0; i < kMicroM; ++i) a[i] = a_smem[buf][kk][tm * kMicroM + i];
+      CNNKERN_UNROLL
+      for (int j = 0; j < kMicroN; ++j) b[j] = b_smem[buf][kk][tn * kMicroN + j];
+      CNNKERN_UNROLL
+      for (int i = 0; i < kMicroM; ++i) {
+        CNNKERN_UNROLL
+        for (int j = 0; j < kMicroN; ++j) acc[i][j] += a[i] * b[j];
+      }
+    }
+    // The other buffer was last read in the previous step, which every thread
+    // has finished (barrier below), so one barrier per step suffices.
+    if (more) stage(buf ^ 1);
+    __syncthreads();
+  }
+
+  CNNKERN_UNROLL
+  for (int i = 0; i < kMicroM; ++i) {
+    const auto out = prob.c_row(group, m0 + tm * kMicroM + i);
+    if (!out.valid) continue;
+    CNNKERN_UNROLL
+    for (int j = 0; j < kMicroN; ++j) {
+      const int n = n0 + tn * kMicroN + j;
+      if (n < prob.gemm_n) prob.store(out, n, acc[i][j]);
+    }
+  }
+}
+
+// ---- Small kernels -----------------------------------------------------------
+
+// dw[k][c][r][s] = workspace[k][c][r][s], through dw's strides and dtype.
+template <typename T>
+__global__ void __launch_bounds__(kConvertThreads)
+    weight_grad_convert_kernel(const Conv2dShape shape, const acc_t<T>* workspace, T* dw) {
+  const int64_t RS = shape.R * shape.S;
+  const int64_t CRS = shape.c_per_group() * RS;
+  const int64_t total = shape.K * CRS;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += step) {
+    const int64_t k = i / CRS, crs = i - k * CRS, c = crs / RS, rs = crs - c * RS;
+    const int64_t r = rs / shape.S, s = rs - r * shape.S;
+    dw[k * shape.w_stride[0] + c * shape.w_stride[1] + r * shape.w_stride[2] +
+       s * shape.w_stride[3]] = static_cast<T>(workspace[i]);
+  }
+}
+
+template <typename Acc>
+__device__ __forceinline__ Acc warp_sum(Acc v) {
+  CNNKERN_UNROLL
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
+    v += __shfl_down_sync(0xffffffffu, v, offset);
+  return v;  // complete in lane 0
+}
+
+// db[k] = sum over (n, p, q) of dy[n][k][p][q]; block k owns channel k.
+// Dynamic shared memory: one Acc per warp.
+template <typename T>
+__global__ void __launch_bounds__(kBiasThreads)
+    bias_grad_kernel(const Conv2dShape shape, const T* dy, T* db) {
+  using Acc = acc_t<T>;
+  CNNKERN_DYNAMIC_SHARED(Acc, warp_partials);
+  const int64_t k = blockIdx.x;
+  const int64_t PQ = shape.P * shape.Q;
+  const int64_t total = shape.N * PQ;
+  const T* channel = dy + k * shape.y_stride[1];
+
+  // Neighbouring threads take neighbouring (p, q): coalesced for NCHW.
+  Acc sum = Acc(0);
+  for (int64_t i = threadIdx.x; i < total; i += blockDim.x) {
+    const int64_t n = i / PQ, pq = i - n * PQ, p = pq / shape.Q, q = pq - p * shape.Q;
+    sum += to_acc(channel[n * shape.y_stride[0] + p * shape.y_stride[2] + q * shape.y_stride[3]]);
+  }
+
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
+  const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
+  const int warps = static_cast<int>(blockDim.x) / kWarpSize;
+  sum = warp_sum(sum);
+  if (lane == 0) warp_partials[warp] = sum;
+  __syncthreads();
+  if (warp == 0) {
+    sum = warp_sum(lane < warps ? warp_partials[lane] : Acc(0));
+    if (lane == 0) db[k] = static_cast<T>(sum);
+  }
+}
+
+// ---- Launch helpers ------------------------------------------------------------
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+int checked_extent(int64_t v, const char* what) {
+  if (v < 0 || v > kMaxGemmExtent)
+    throw std::invalid_argument(std::string("cnnkern conv2d (GPU): ") + what + " = " +
+                                std::to_string(v) + " is too large for the kernels");
+  return static_cast<int>(v);
+}
+
+// Launches implicit_gemm_kernel<Problem> over every C tile of every group.
+template <typename Problem>
+void launch_gemm(const Problem& prob, int64_t groups, int64_t splits, int64_t steps_per_split,
+                 gpu_stream_t stream) {
+  if (prob.gemm_m == 0 || prob.gemm_n == 0 || groups == 0) return;
+  const int64_t tiles_m = ceil_div(prob.gemm_m, kTileM);
+  const int64_t tiles_n = ceil_div(prob.gemm_n, kTileN);
+  if (tiles_n > kMaxGridYZ || groups * splits > kMaxGridYZ)
+    throw std::invalid_argument("cnnkern conv2d (GPU): too many channel tiles or groups for the grid");
+  const dim3 grid(static_cast<unsigned>(tiles_m), static_cast<unsigned>(tiles_n),
+                  static_cast<unsigned>(groups * splits));
+  launch_kernel(implicit_gemm_kernel<Problem>, grid, dim3(kThreads), 0, stream, prob,
+                static_cast<int>(splits), static_cast<int>(steps_per_split));
+}
+
+// One split covering the whole reduction.
+template <typename Problem>
+void launch_gemm(const Problem& prob, int64_t groups, gpu_stream_t stream) {
+  launch_gemm(prob, groups, 1, ceil_div(prob.gemm_k, kTileK), stream);
+}
+
+}  // namespace
+
+template <typename T>
+void conv2d_forward(const Conv2dShape& s, const T* x, const T* w, const T* bias, T* y,
+                    gpu_stream_t stream) {
+  ForwardProblem<T> prob{};
+  prob.shape = s;
+  prob.x = x;
+  prob.weight = w;
+  prob.bias = bias;
+  prob.y = y;
+  prob.gemm_m = checked_extent(s.N * s.P * s.Q, "N*P*Q");
+  prob.gemm_n = checked_extent(s.k_per_group(), "K/groups");
+  prob.gemm_k = checked_extent(s.c_per_group() * s.R * s.S, "C/groups*R*S");
+  prob.PQ = checked_extent(s.P * s.Q, "P*Q");
+  prob.Q = static_cast<int>(s.Q);
+  prob.RS = checked_extent(s.R * s.S, "R*S");
+  prob.S = static_cast<int>(s.S);
+  launch_gemm(prob, s.groups, stream);
+}
+
+template <typename T>
+void conv2d_backward_input(const Conv2dShape& s, const T* dy, const T* w, T* dx,
+                           gpu_stream_t stream) {
+  BackwardInputProblem<T> prob{};
+  prob.shape = s;
+  prob.dy = dy;
+  prob.weight = w;
+  prob.dx = dx;
+  prob.gemm_m = checked_extent(s.N * s.H * s.W, "N*H*W");
+  prob.gemm_n = checked_extent(s.c_per_group(), "C/groups");
+  prob.gemm_k = checked_extent(s.k_per_group() * s.R * s.S, "K/groups*R*S");
+  prob.HW = checked_extent(s.H * s.W, "H*W");
+  prob.W = static_cast<int>(s.W);
+  prob.RS = checked_extent(s.R * s.S, "R*S");
+  prob.S = static_cast<int>(s.S);
+  launch_gemm(prob, s.groups, stream);
+}
+
+template <typename T>
+void conv2d_backward_weight(const Conv2dShape& s, const T* dy, const T* x, T* dw,
+                            acc_t<T>* workspace, gpu_stream_t stream) {
+  BackwardWeightProblem<T> prob{};
+  prob.shape = s;
+  prob.dy = dy;
+  prob.x = x;
+  prob.workspace = workspace;
+  prob.gemm_m = checked_extent(s.k_per_group(), "K/groups");
+  prob.gemm_n = checked_extent(s.c_per_group() * s.R * s.S, "C/groups*R*S");
+  prob.gemm_k = checked_extent(s.N * s.P * s.Q, "N*P*Q");
+  prob.PQ = checked_extent(s.P * s.Q, "P*Q");
+  prob.Q = static_cast<int>(s.Q);
+  prob.RS = checked_extent(s.R * s.S, "R*S");
+  prob.S = static_cast<int>(s.S);
+
+  if (prob.gemm_m > 0 && prob.gemm_n > 0 && prob.gemm_k > 0 && s.groups > 0) {
+    const int64_t tiles = ceil_div(prob.gemm_m, kTileM) * ceil_div(prob.gemm_n, kTileN) * s.groups;
+    const int64_t steps = ceil_div(prob.gemm_k, kTileK);
+    int64_t splits = ceil_div(kTargetBlocksPerSm * multiprocessor_count(), tiles);
+    if (splits > ceil_div(steps, kMinStepsPerSplit)) splits = ceil_div(steps, kMinStepsPerSplit);
+    if (splits > kMaxGridYZ / s.groups) splits = kMaxGridYZ / s.groups;
+    if (splits < 1) splits = 1;
+    const int64_t steps_per_split = ceil_div(steps, splits);
+    splits = ceil_div(steps, steps_per_split);  // drop splits that would get no work
+    launch_gemm(prob, s.groups, splits, steps_per_split, stream);
+  }
+
+  // Runs even when the GEMM is empty: dw is then the zeroed workspace.
+  const int64_t total = s.K * s.c_per_group() * s.R * s.S;
+  if (total == 0) return;
+  int64_t blocks = ceil_div(total, kConvertThreads);
+  if (blocks > kMaxConvertBlocks) blocks = kMaxConvertBlocks;
+  launch_kernel(weight_grad_convert_kernel<T>, dim3(static_cast<unsigned>(blocks)),
+                dim3(kConvertThreads), 0, stream, s, static_cast<const acc_t<T>*>(workspace), dw);
+}
+
+template <typename T>
+void conv2d_backward_bias(const Conv2dShape& s, const T* dy, T* db, gpu_stream_t stream) {
+  if (s.K == 0) return;
+  if (s.K > INT_MAX) throw std::invalid_argument("cnnkern conv2d (GPU): too many output channels");
+  const std::size_t shared_bytes = (kBiasThreads / kWarpSize) * sizeof(acc_t<T>);
+  launch_kernel(bias_grad_kernel<T>, dim3(static_cast<unsigned>(s.K)), dim3(kBiasThreads),
+                shared_bytes, stream, s, dy, db);
+}
+
+#define CNNKERN_INSTANTIATE_CONV2D(T)                                                      \
+  template void conv2d_forward<T>(const Conv2dShape&, const T*, const T*, const T*, T*,    \
+                                  gpu_stream_t);                                           \
+  template void conv2d_backward_input<T>(const Conv2dShape&, const T*, const T*, T*,       \
+                                         gpu_stream_t);                                    \
+  template void conv2d_backward_weight<T>(const Conv2dShape&, const T*, const T*, T*,      \
+                                          acc_t<T>*, gpu_stream_t);                        \
+  template void conv2d_backward_bias<T>(const Conv2dShape&, const T*, T*, gpu_stream_t);
+
+CNNKERN_INSTANTIATE_CONV2D(float)
+CNNKERN_INSTANTIATE_CONV2D(double)
+CNNKERN_INSTANTIATE_CONV2D(c10::Half)
+CNNKERN_INSTANTIATE_CONV2D(c10::BFloat16)
+#undef CNNKERN_INSTANTIATE_CONV2D
+
+}  // namespace CNNKERN_GPU_NS
+}  // namespace cnnkern

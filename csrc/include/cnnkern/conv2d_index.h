@@ -1,0 +1,51 @@
+// Conv2d index math, written once and used by the CPU kernels, the CUDA kernels
+// and (through the CUDA sources) the host emulation of the CUDA kernels.
+//
+// Conventions: input  x[n][c][h][w], weight w[k][c/groups][r][s],
+//              output y[n][k][p][q]; every tensor is addressed through its own
+// element strides, so NCHW, channels_last and non-contiguous views share one path.
+#pragma once
+#include <cstdint>
+
+#include "cnnkern/macros.h"
+
+namespace cnnkern {
+
+struct Conv2dShape {
+  int64_t N, C, H, W;  // input batch, channels, height, width
+  int64_t K, R, S;     // output channels, kernel height, kernel width
+  int64_t P, Q;        // output height, width
+  int64_t stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups;
+  int64_t x_stride[4];  // input (or its gradient), order n c h w
+  int64_t w_stride[4];  // weight (or its gradient), order k c r s
+  int64_t y_stride[4];  // output (or its gradient), order n k p q
+
+  CNNKERN_HD int64_t c_per_group() const { return C / groups; }
+  CNNKERN_HD int64_t k_per_group() const { return K / groups; }
+};
+
+// Output extent of one spatial dimension, torch's rule (floor division).
+CNNKERN_HD int64_t conv_out_size(int64_t in, int64_t kernel, int64_t stride,
+                                 int64_t pad, int64_t dil) {
+  return (in + 2 * pad - dil * (kernel - 1) - 1) / stride + 1;
+}
+
+// Input coordinate read by output coordinate `o` through kernel tap `k`;
+// it may fall in the padding (< 0 or >= extent): callers bounds-check.
+CNNKERN_HD int64_t conv_in_coord(int64_t o, int64_t k, int64_t stride,
+                                 int64_t pad, int64_t dil) {
+  return o * stride - pad + k * dil;
+}
+
+// The inverse, for gathers in the input-gradient pass: which output coordinate
+// reads input coordinate `i` through tap `k`? False when none does (the tap
+// lands between strided outputs, or outside [0, out_extent)).
+CNNKERN_HD bool conv_out_coord(int64_t i, int64_t k, int64_t stride, int64_t pad,
+                               int64_t dil, int64_t out_extent, int64_t* o) {
+  const int64_t t = i + pad - k * dil;
+  if (t < 0 || t % stride != 0) return false;
+  *o = t / stride;
+  return *o < out_extent;
+}
+
+}  // namespace cnnkern

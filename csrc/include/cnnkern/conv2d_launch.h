@@ -1,0 +1,41 @@
+// Host-side entry points of the Conv2d GPU kernels (csrc/cuda/conv2d.cu).
+//
+// The same kernel source is built twice: by nvcc into namespace cnnkern::cuda,
+// and as host C++ with the CUDA emulation header into namespace cnnkern::emu
+// (the "cuda_emu" test backend). Both builds declare their launchers through
+// this header, selected by CNNKERN_GPU_NS. Nothing here includes torch: the
+// torch-facing wrappers live in csrc/ops/*.cpp.
+//
+// T is one of float, double, c10::Half, c10::BFloat16. Pointers address
+// tensors through the element strides in Conv2dShape; outputs are fully written
+// (no zero-initialisation needed) except `workspace`, which the caller zeroes.
+#pragma once
+#include "cnnkern/conv2d_index.h"
+#include "cnnkern/gpu_types.h"
+
+namespace cnnkern {
+namespace CNNKERN_GPU_NS {
+
+// y = conv(x, w) + bias   (bias may be null)
+template <typename T>
+void conv2d_forward(const Conv2dShape& s, const T* x, const T* w, const T* bias,
+                    T* y, gpu_stream_t stream);
+
+// dx = conv_transpose(dy, w), written through s.x_stride
+template <typename T>
+void conv2d_backward_input(const Conv2dShape& s, const T* dy, const T* w, T* dx,
+                           gpu_stream_t stream);
+
+// dw = sum over (n, p, q) of dy * x, written through s.w_stride.
+// workspace: zeroed, K * (C/groups) * R * S elements of acc_t<T>.
+template <typename T>
+void conv2d_backward_weight(const Conv2dShape& s, const T* dy, const T* x, T* dw,
+                            acc_t<T>* workspace, gpu_stream_t stream);
+
+// db[k] = sum over (n, p, q) of dy[n][k][p][q]
+template <typename T>
+void conv2d_backward_bias(const Conv2dShape& s, const T* dy, T* db,
+                          gpu_stream_t stream);
+
+}  // namespace CNNKERN_GPU_NS
+}  // namespace cnnkern

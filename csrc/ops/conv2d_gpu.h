@@ -1,0 +1,100 @@
+// Torch-facing wrappers of the Conv2d GPU launchers, shared by the real CUDA
+// build (csrc/cuda/conv2d_ops.cpp, dispatch key CUDA, namespace cnnkern) and
+// its host emulation (csrc/emu/conv2d_ops.cpp, key CPU, namespace cnnkern_emu).
+// The includer defines CNNKERN_GPU_NS and `gpu_stream_t current_stream(const at::Tensor&)`
+// before including this file.
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include "cnnkern/conv2d_launch.h"
+#include "conv2d_common.h"
+
+namespace cnnkern::CNNKERN_GPU_NS {
+
+gpu_stream_t current_stream(const at::Tensor& t);
+
+#define CNNKERN_DISPATCH_FLOATS(dtype, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
+
+inline at::Tensor conv2d_op(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  Conv2dShape s = conv2d_shape(input, weight, stride, padding, dilation, groups);
+  check_bias(bias, weight);
+  at::Tensor y = at::empty({s.N, s.K, s.P, s.Q}, input.options().memory_format(conv2d_memory_format(input, weight)));
+  if (y.numel() == 0) return y;
+  fill_strides(s.y_stride, y);
+  const std::optional<at::Tensor> b = bias.has_value() ? std::optional(bias->contiguous()) : std::nullopt;
+  CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_conv2d_gpu", [&] {
+    conv2d_forward<scalar_t>(s, input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+                             b.has_value() ? b->const_data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(),
+                             current_stream(input));
+  });
+  return y;
+}
+
+inline at::Tensor conv2d_backward_input_op(const at::Tensor& grad_output, const at::Tensor& input,
+                                           const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
+                                           at::IntArrayRef dilation, int64_t groups) {
+  Conv2dShape s = conv2d_shape(input, weight, stride, padding, dilation, groups);
+  check_grad_output(grad_output, input, s);
+  at::Tensor dx = at::empty(input.sizes(), input.options().memory_format(conv2d_memory_format(input, weight)));
+  if (dx.numel() == 0) return dx;
+  if (grad_output.numel() == 0) return dx.zero_();
+  fill_strides(s.x_stride, dx);
+  fill_strides(s.y_stride, grad_output);
+  CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_conv2d_dgrad_gpu", [&] {
+    conv2d_backward_input<scalar_t>(s, grad_output.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+                                    dx.data_ptr<scalar_t>(), current_stream(input));
+  });
+  return dx;
+}
+
+inline at::Tensor conv2d_backward_weight_op(const at::Tensor& grad_output, const at::Tensor& input,
+                                            const at::Tensor& weight, at::IntArrayRef stride, at::IntArrayRef padding,
+                                            at::IntArrayRef dilation, int64_t groups) {
+  Conv2dShape s = conv2d_shape(input, weight, stride, padding, dilation, groups);
+  check_grad_output(grad_output, input, s);
+  at::Tensor dw = at::empty(weight.sizes(), weight.options().memory_format(weight.suggest_memory_format()));
+  if (dw.numel() == 0) return dw;
+  if (s.N == 0) return dw.zero_();
+  fill_strides(s.w_stride, dw);
+  fill_strides(s.y_stride, grad_output);
+  const auto acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor workspace = at::zeros({dw.numel()}, input.options().dtype(acc));
+  CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_conv2d_wgrad_gpu", [&] {
+    conv2d_backward_weight<scalar_t>(s, grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
+                                     dw.data_ptr<scalar_t>(), workspace.data_ptr<acc_t<scalar_t>>(),
+                                     current_stream(input));
+  });
+  return dw;
+}
+
+inline at::Tensor conv2d_backward_bias_op(const at::Tensor& grad_output) {
+  TORCH_CHECK(grad_output.dim() == 4, "cnnkern conv2d_backward_bias: expected a 4-D grad_output");
+  at::Tensor db = at::empty({grad_output.size(1)}, grad_output.options());
+  if (db.numel() == 0) return db;
+  if (grad_output.numel() == 0) return db.zero_();
+  Conv2dShape s{};
+  s.N = grad_output.size(0);
+  s.K = grad_output.size(1);
+  s.P = grad_output.size(2);
+  s.Q = grad_output.size(3);
+  s.groups = 1;
+  fill_strides(s.y_stride, grad_output);
+  CNNKERN_DISPATCH_FLOATS(grad_output.scalar_type(), "cnnkern_conv2d_bgrad_gpu", [&] {
+    conv2d_backward_bias<scalar_t>(s, grad_output.const_data_ptr<scalar_t>(), db.data_ptr<scalar_t>(),
+                                   current_stream(grad_output));
+  });
+  return db;
+}
+
+inline void register_conv2d(torch::Library& m) {
+  m.impl("conv2d", &conv2d_op);
+  m.impl("conv2d_backward_input", &conv2d_backward_input_op);
+  m.impl("conv2d_backward_weight", &conv2d_backward_weight_op);
+  m.impl("conv2d_backward_bias", &conv2d_backward_bias_op);
+}
+
+}  // namespace cnnkern::CNNKERN_GPU_NS
