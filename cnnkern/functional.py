@@ -16,7 +16,7 @@ from ._shapes import conv_out_size
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _positive(name, values, message):
+def _positive(values, message):
     if any(v <= 0 for v in values):
         raise RuntimeError(message)
 
@@ -37,14 +37,15 @@ def _check_conv2d(input, weight, bias, stride, padding, dilation, groups):
                 f"Expected all tensors to be on the same device, but found input on {input.device} "
                 f"and {name} on {t.device}")
     if input.dtype not in _FLOAT_DTYPES:
-        raise RuntimeError(f"cnnkern conv2d supports float16, bfloat16, float32 and float64, not {input.dtype}")
+        raise NotImplementedError(
+            f"cnnkern conv2d supports float16, bfloat16, float32 and float64, not {input.dtype}")
     if groups <= 0:
         raise RuntimeError("non-positive groups is not supported")
-    _positive("stride", stride, "non-positive stride is not supported")
-    _positive("dilation", dilation, "dilation should be greater than zero")
+    _positive(stride, "non-positive stride is not supported")
+    _positive(dilation, "dilation should be greater than zero")
     if any(p < 0 for p in padding):
         raise RuntimeError("negative padding is not supported")
-    if any(s == 0 for s in input.shape[1:]):
+    if any(s == 0 for s in input.shape[-2:]):
         raise RuntimeError(
             f"Expected input's non-batch dimensions to have positive length, but got input of size: "
             f"{list(input.shape)}")
@@ -73,7 +74,7 @@ def _check_conv2d(input, weight, bias, stride, padding, dilation, groups):
 def _same_padding(input, weight, stride, dilation):
     """padding='same': torch's split, the odd leftover going right/bottom (padded explicitly)."""
     if any(s != 1 for s in stride):
-        raise ValueError("padding='same' is not supported for strided convolutions")
+        raise RuntimeError("padding='same' is not supported for strided convolutions")
     total = [dilation[i] * (weight.shape[2 + i] - 1) for i in range(2)]
     left = [t // 2 for t in total]
     extra = [t - 2 * l for t, l in zip(total, left)]
@@ -92,7 +93,7 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
         elif padding == "same":
             input, padding = _same_padding(input, weight, stride, dilation)
         else:
-            raise ValueError(f"Invalid padding string '{padding}', should be one of {{'valid', 'same'}}")
+            raise RuntimeError(f"Invalid padding string: '{padding}'")
     else:
         padding = _pair(padding)
     _check_conv2d(input, weight, bias, stride, padding, dilation, groups)

@@ -91,6 +91,14 @@ def _tile(pid, GEMM_M, GEMM_N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GRO
     return first_m + (pid % width) % rows, (pid % width) // rows
 
 
+@triton.jit
+def _mma(a, b, acc, DOT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr):
+    if DOT_IN_FP32:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+
 @triton.autotune(configs=gemm_configs(), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def conv2d_fwd_kernel(
@@ -100,6 +108,7 @@ def conv2d_fwd_kernel(
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     GEMM_M, GEMM_N, GEMM_K,
     R: tl.constexpr, S: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = _tile(tl.program_id(0), GEMM_M, GEMM_N, BLOCK_M, BLOCK_N, GROUP_M)
@@ -133,7 +142,7 @@ def conv2d_fwd_kernel(
         a = tl.load(x_rows[:, None] + (c * sx_c)[None, :] + ih * sx_h + iw * sx_w, mask=a_ok, other=0.0)
         b = tl.load(w_cols[None, :] + (c * sw_c + r * sw_r + s * sw_s)[:, None],
                     mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        acc = _mma(a, b, acc, DOT_PRECISION, DOT_IN_FP32)
 
     if HAS_BIAS:
         acc += tl.load(bias + g * GEMM_N + offs_n, mask=n_ok, other=0.0).to(ACC)[None, :]
@@ -149,7 +158,7 @@ def conv2d_dgrad_kernel(
     sdy_n, sdy_k, sdy_p, sdy_q, sw_k, sw_c, sw_r, sw_s, sdx_n, sdx_c, sdx_h, sdx_w,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     GEMM_M, GEMM_N, GEMM_K,
-    R: tl.constexpr, S: tl.constexpr, ACC: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    R: tl.constexpr, S: tl.constexpr, ACC: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = _tile(tl.program_id(0), GEMM_M, GEMM_N, BLOCK_M, BLOCK_N, GROUP_M)
@@ -185,7 +194,7 @@ def conv2d_dgrad_kernel(
         a = tl.load(dy_rows[:, None] + (kk * sdy_k)[None, :] + p * sdy_p + q * sdy_q, mask=a_ok, other=0.0)
         b = tl.load(w_cols[None, :] + (kk * sw_k + r * sw_r + s * sw_s)[:, None],
                     mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        acc = _mma(a, b, acc, DOT_PRECISION, DOT_IN_FP32)
 
     dx_ptrs = dx + (img * sdx_n + h * sdx_h + wi * sdx_w)[:, None] + ((g * GEMM_N + offs_n) * sdx_c)[None, :]
     tl.store(dx_ptrs, acc.to(dx.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
@@ -200,7 +209,7 @@ def conv2d_wgrad_kernel(
     sdy_n, sdy_k, sdy_p, sdy_q, sx_n, sx_c, sx_h, sx_w,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     GEMM_M, GEMM_N, GEMM_K,
-    R: tl.constexpr, S: tl.constexpr, ACC: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    R: tl.constexpr, S: tl.constexpr, ACC: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid_m, pid_n = _tile(tl.program_id(0), GEMM_M, GEMM_N, BLOCK_M, BLOCK_N, GROUP_M)
@@ -236,7 +245,7 @@ def conv2d_wgrad_kernel(
         iw = (q * stride_w - pad_w)[:, None] + (s * dil_w)[None, :]
         b_ok = k_ok[:, None] & n_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         b = tl.load(x_cols[None, :] + (img * sx_n)[:, None] + ih * sx_h + iw * sx_w, mask=b_ok, other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        acc = _mma(a, b, acc, DOT_PRECISION, DOT_IN_FP32)
 
     out = dw_acc + (g * GEMM_M + offs_m).to(tl.int64)[:, None] * GEMM_N + offs_n[None, :]
     tl.atomic_add(out, acc, mask=m_ok[:, None] & n_ok[None, :])
@@ -275,6 +284,13 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _dot_in_fp32(dtype: torch.dtype) -> bool:
+    # Triton 3.8's interpreter miscomputes tl.dot on bfloat16 tiles (fp32 tiles
+    # are exact), so there, and only there, bf16 tiles are widened first. On a
+    # GPU the dot stays a native bf16 tensor-core MMA.
+    return interpreting() and dtype == torch.bfloat16
+
+
 def _dot_precision(dtype: torch.dtype) -> str:
     # fp32 convolutions may use TF32 exactly when nn.Conv2d may (cuDNN's switch).
     return "tf32" if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else "ieee"
@@ -305,6 +321,7 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         *_geometry(stride, padding, dilation),
         gemm_m, gemm_n, gemm_k,
         R=r, S=s, HAS_BIAS=bias is not None, ACC=_acc(input.dtype), DOT_PRECISION=_dot_precision(input.dtype),
+        DOT_IN_FP32=_dot_in_fp32(input.dtype),
     )
     return y
 
@@ -328,6 +345,7 @@ def conv2d_backward_input(grad_output: torch.Tensor, input: torch.Tensor, weight
         *_geometry(stride, padding, dilation),
         gemm_m, gemm_n, gemm_k,
         R=r, S=s, ACC=_acc(input.dtype), DOT_PRECISION=_dot_precision(input.dtype),
+        DOT_IN_FP32=_dot_in_fp32(input.dtype),
     )
     return dx
 
@@ -353,6 +371,7 @@ def conv2d_backward_weight(grad_output: torch.Tensor, input: torch.Tensor, weigh
             *_geometry(stride, padding, dilation),
             gemm_m, gemm_n, gemm_k,
             R=r, S=s, ACC=_acc(input.dtype), DOT_PRECISION=_dot_precision(input.dtype),
+        DOT_IN_FP32=_dot_in_fp32(input.dtype),
         )
     return dw_acc.view(weight.shape).to(dtype=weight.dtype, memory_format=memory_format_of(weight))
 

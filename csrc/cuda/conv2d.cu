@@ -17,7 +17,8 @@
 // B slab into registers (as acc_t) while the block computes on the previous
 // slab, then stores them into the other half of a double-buffered shared tile:
 // one __syncthreads per step. Each thread accumulates a 4x4 micro-tile in
-// registers, so 8 shared-memory loads feed 16 FMAs.
+// registers, so 8 shared-memory values (two 16-byte loads for fp32) feed 16
+// FMAs. Shared memory: 16 KiB per block (32 KiB for double).
 //
 // Memory traffic: a gathered element is read from global memory once per block
 // and used 64 times from shared memory, so across the grid A is read

@@ -1,0 +1,55 @@
+"""Which backends the tests run, and the tolerances per dtype.
+
+Without a GPU, the Triton kernels run on CPU tensors through Triton's
+interpreter (TRITON_INTERPRET=1 must be set before triton is imported, hence
+here) and the CUDA kernels through their host emulation ("cuda_emu"). With a
+GPU, "triton" and "cuda" run on CUDA tensors as well. In CI (CI=true) a backend
+that should exist but does not is a failure, never a silent skip.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import cnnkern  # noqa: E402
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+BACKEND_DEVICES = [(b, d) for d in DEVICES for b in cnnkern.available_backends(d)]
+IDS = [f"{b}-{d}" for b, d in BACKEND_DEVICES]
+
+# Relative to the largest reference magnitude: |got - ref| <= atol * scale + rtol * |ref|.
+TOLERANCES = {
+    torch.float64: dict(atol=1e-10, rtol=1e-10),
+    torch.float32: dict(atol=1e-5, rtol=1e-5),
+    torch.float16: dict(atol=2e-3, rtol=2e-3),
+    torch.bfloat16: dict(atol=1.6e-2, rtol=1.6e-2),
+}
+# fp32 through TF32 tensor cores keeps ~10 mantissa bits.
+TF32_TOLERANCE = dict(atol=2e-3, rtol=2e-3)
+
+
+def tolerance(dtype, backend, device):
+    if (dtype == torch.float32 and device == "cuda" and backend == "triton"
+            and torch.backends.cudnn.allow_tf32):
+        return TF32_TOLERANCE
+    return TOLERANCES[dtype]
+
+
+def assert_close(got, ref, dtype, backend="cpu", device="cpu", what=""):
+    """Compare against a float64 reference with the dtype's tolerance."""
+    tol = tolerance(dtype, backend, device)
+    ref = ref.double().cpu()
+    got = got.double().cpu()
+    scale = max(ref.abs().max().item(), 1.0) if ref.numel() else 1.0
+    torch.testing.assert_close(got, ref, atol=tol["atol"] * scale, rtol=tol["rtol"], msg=lambda m: f"{what}: {m}")
+
+
+@pytest.fixture(params=BACKEND_DEVICES, ids=IDS)
+def backend_device(request):
+    backend, device = request.param
+    with cnnkern.use_backend(backend):
+        yield backend, device
