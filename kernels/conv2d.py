@@ -46,16 +46,15 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). Every tile the gathers can
+# afford: scripts/triton_aot.py compiles each for sm_80 and sm_90 and fails on
+# any spill. 128-row tiles spilled (up to 690 B) or sat at 255 registers in the
+# input-gradient kernel, whose per-element stride divisions are the costliest.
 _GEMM_CONFIGS = [
-    (128, 128, 32, 8, 3),
-    (128, 64, 32, 4, 4),
-    (64, 128, 32, 4, 4),
-    (64, 64, 32, 4, 4),
-    (128, 32, 32, 4, 4),
-    (64, 32, 32, 4, 4),
-    (128, 16, 16, 4, 3),  # few output channels, tiny reduction: the 1- and 3-channel first layers
-    (64, 16, 16, 2, 3),
+    (64, 128, 32, 8, 3),
+    (64, 64, 32, 8, 3),
+    (32, 32, 32, 4, 3),
+    (64, 16, 16, 4, 3),  # few output channels, tiny reduction: the 1- and 3-channel first layers
 ]
 # The interpreter runs one modest config: autotuning there would only time numpy.
 _INTERPRETER_CONFIG = (32, 32, 16, 4, 1)
@@ -68,12 +67,21 @@ def gemm_configs() -> list[triton.Config]:
     ]
 
 
+def config_fits_dtype(kwargs: dict, dtype: torch.dtype) -> bool:
+    """Double tiles take twice the registers: past 64x64, or with 16-wide tiles, they spill."""
+    if dtype == torch.float64:
+        return kwargs["BLOCK_M"] * kwargs["BLOCK_N"] <= 64 * 64 and kwargs["BLOCK_N"] >= 32
+    return True
+
+
 def _prune(configs, named_args, **kwargs):
-    """Drop tiles far larger than the GEMM: they only waste registers and lanes."""
+    """Keep the tiles this dtype affords, then drop tiles far larger than the GEMM."""
+    dtype = next(a.dtype for a in named_args.values() if isinstance(a, torch.Tensor))
+    fitting = [c for c in configs if config_fits_dtype(c.kwargs, dtype)] or configs
     n_cap = max(16, triton.next_power_of_2(named_args["GEMM_N"]))
     k_cap = max(16, triton.next_power_of_2(named_args["GEMM_K"]))
-    kept = [c for c in configs if c.kwargs["BLOCK_N"] <= n_cap and c.kwargs["BLOCK_K"] <= k_cap]
-    return kept or configs
+    kept = [c for c in fitting if c.kwargs["BLOCK_N"] <= n_cap and c.kwargs["BLOCK_K"] <= k_cap]
+    return kept or fitting
 
 
 _AUTOTUNE_KEY = ["GEMM_M", "GEMM_N", "GEMM_K"]
@@ -114,20 +122,24 @@ def conv2d_fwd_kernel(
     pid_m, pid_n = _tile(tl.program_id(0), GEMM_M, GEMM_N, BLOCK_M, BLOCK_N, GROUP_M)
     g = tl.program_id(1)
     c_per_group = GEMM_K // (R * S)
+    # An element's address is a row term (which window) plus a column term
+    # (which tap): only those two vectors live in registers, as int32 offsets
+    # from a scalar base (the launcher rejects tensors of 2**31 elements or more).
+    x_base = x + g * c_per_group * sx_c
+    w_base = w + g * GEMM_N * sw_k
 
     # Rows: output pixels (n, p, q), and the top-left input pixel of each window.
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < GEMM_M
-    img = (offs_m // (P * Q)).to(tl.int64)
+    img = offs_m // (P * Q)
     p = (offs_m // Q) % P
     q = offs_m % Q
     ih0 = p * stride_h - pad_h
     iw0 = q * stride_w - pad_w
-    x_rows = x + img * sx_n + g * c_per_group * sx_c
+    x_row = img * sx_n + ih0 * sx_h + iw0 * sx_w
     # Columns: this group's output channels.
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < GEMM_N
-    w_cols = w + (g * GEMM_N + offs_n).to(tl.int64) * sw_k
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for k0 in range(0, GEMM_K, BLOCK_K):
@@ -139,8 +151,9 @@ def conv2d_fwd_kernel(
         ih = ih0[:, None] + (r * dil_h)[None, :]
         iw = iw0[:, None] + (s * dil_w)[None, :]
         a_ok = m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        a = tl.load(x_rows[:, None] + (c * sx_c)[None, :] + ih * sx_h + iw * sx_w, mask=a_ok, other=0.0)
-        b = tl.load(w_cols[None, :] + (c * sw_c + r * sw_r + s * sw_s)[:, None],
+        x_col = c * sx_c + r * dil_h * sx_h + s * dil_w * sx_w
+        a = tl.load(x_base + x_row[:, None] + x_col[None, :], mask=a_ok, other=0.0)
+        b = tl.load(w_base + (c * sw_c + r * sw_r + s * sw_s)[:, None] + (offs_n * sw_k)[None, :],
                     mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         acc = _mma(a, b, acc, DOT_PRECISION, DOT_IN_FP32)
 
@@ -164,18 +177,18 @@ def conv2d_dgrad_kernel(
     pid_m, pid_n = _tile(tl.program_id(0), GEMM_M, GEMM_N, BLOCK_M, BLOCK_N, GROUP_M)
     g = tl.program_id(1)
     k_per_group = GEMM_K // (R * S)
+    dy_base = dy + g * k_per_group * sdy_k
+    w_base = w + g * k_per_group * sw_k
 
     # Rows: input pixels (n, h, w).
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < GEMM_M
-    img = (offs_m // (H * W)).to(tl.int64)
+    img = offs_m // (H * W)
     h = (offs_m // W) % H
     wi = offs_m % W
-    dy_rows = dy + img * sdy_n + g * k_per_group * sdy_k
     # Columns: this group's input channels.
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < GEMM_N
-    w_cols = w + g * k_per_group * sw_k + offs_n * sw_c
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for k0 in range(0, GEMM_K, BLOCK_K):
@@ -184,15 +197,16 @@ def conv2d_dgrad_kernel(
         kk = offs_k // (R * S)
         r = (offs_k // S) % R
         s = offs_k % S
-        # Which output reads (h, w) through tap (r, s)? Only one whose stride divides exactly.
+        # Which output reads (h, w) through tap (r, s)? Only one the stride divides exactly.
         th = h[:, None] + pad_h - (r * dil_h)[None, :]
         tw = wi[:, None] + pad_w - (s * dil_w)[None, :]
         p = th // stride_h
         q = tw // stride_w
         a_ok = (m_ok[:, None] & k_ok[None, :] & (th >= 0) & (tw >= 0)
                 & (th % stride_h == 0) & (tw % stride_w == 0) & (p < P) & (q < Q))
-        a = tl.load(dy_rows[:, None] + (kk * sdy_k)[None, :] + p * sdy_p + q * sdy_q, mask=a_ok, other=0.0)
-        b = tl.load(w_cols[None, :] + (kk * sw_k + r * sw_r + s * sw_s)[:, None],
+        a = tl.load(dy_base + (img * sdy_n)[:, None] + (kk * sdy_k)[None, :] + p * sdy_p + q * sdy_q,
+                    mask=a_ok, other=0.0)
+        b = tl.load(w_base + (kk * sw_k + r * sw_r + s * sw_s)[:, None] + (offs_n * sw_c)[None, :],
                     mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         acc = _mma(a, b, acc, DOT_PRECISION, DOT_IN_FP32)
 
@@ -219,35 +233,39 @@ def conv2d_wgrad_kernel(
     k_begin = tl.program_id(2) * k_span
     k_end = tl.minimum(k_begin + k_span, GEMM_K)
     c_per_group = GEMM_N // (R * S)
+    dy_base = dy + g * GEMM_M * sdy_k
+    x_base = x + g * c_per_group * sx_c
 
     # Rows: this group's output channels.
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < GEMM_M
-    dy_rows = dy + (g * GEMM_M + offs_m).to(tl.int64) * sdy_k
-    # Columns: weight taps (c, r, s).
+    # Columns: weight taps (c, r, s), and the offset each adds to a window's corner.
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < GEMM_N
     c = offs_n // (R * S)
     r = (offs_n // S) % R
     s = offs_n % S
-    x_cols = x + (g * c_per_group + c).to(tl.int64) * sx_c
+    x_col = c * sx_c + r * dil_h * sx_h + s * dil_w * sx_w
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for k0 in range(k_begin, k_end, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_ok = offs_k < k_end
-        img = (offs_k // (P * Q)).to(tl.int64)
+        img = offs_k // (P * Q)
         p = (offs_k // Q) % P
         q = offs_k % Q
-        a = tl.load(dy_rows[:, None] + (img * sdy_n + p * sdy_p + q * sdy_q)[None, :],
+        a = tl.load(dy_base + (offs_m * sdy_k)[:, None] + (img * sdy_n + p * sdy_p + q * sdy_q)[None, :],
                     mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        ih = (p * stride_h - pad_h)[:, None] + (r * dil_h)[None, :]
-        iw = (q * stride_w - pad_w)[:, None] + (s * dil_w)[None, :]
+        ih0 = p * stride_h - pad_h
+        iw0 = q * stride_w - pad_w
+        ih = ih0[:, None] + (r * dil_h)[None, :]
+        iw = iw0[:, None] + (s * dil_w)[None, :]
         b_ok = k_ok[:, None] & n_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        b = tl.load(x_cols[None, :] + (img * sx_n)[:, None] + ih * sx_h + iw * sx_w, mask=b_ok, other=0.0)
+        x_row = img * sx_n + ih0 * sx_h + iw0 * sx_w
+        b = tl.load(x_base + x_row[:, None] + x_col[None, :], mask=b_ok, other=0.0)
         acc = _mma(a, b, acc, DOT_PRECISION, DOT_IN_FP32)
 
-    out = dw_acc + (g * GEMM_M + offs_m).to(tl.int64)[:, None] * GEMM_N + offs_n[None, :]
+    out = dw_acc + (g * GEMM_M + offs_m)[:, None] * GEMM_N + offs_n[None, :]
     tl.atomic_add(out, acc, mask=m_ok[:, None] & n_ok[None, :])
 
 
@@ -267,7 +285,7 @@ def conv2d_bgrad_kernel(
     acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=ACC)
     for r0 in range(begin, end, BLOCK_R):
         rows = r0 + tl.arange(0, BLOCK_R)
-        img = (rows // (P * Q)).to(tl.int64)
+        img = rows // (P * Q)
         offs = (img * sdy_n + ((rows // Q) % P) * sdy_p + (rows % Q) * sdy_q)[:, None] + (offs_c * sdy_k)[None, :]
         acc += tl.load(dy + offs, mask=(rows < end)[:, None] & c_ok[None, :], other=0.0).to(ACC)
     tl.atomic_add(db_acc + offs_c, tl.sum(acc, axis=0), mask=c_ok)
