@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# For a machine WITH a GPU and without network (torch, triton, pytest already
+# installed, e.g. the lent H100/H200 image): builds cnnkern in place against
+# that torch (CUDA kernels included), runs the whole test suite on CUDA tensors
+# for every GPU backend ("triton", "cuda") and the CPU ones, then prints a
+# table: max error against torch and time per call, per backend and op.
+# Not run in CI (no GPU there).
+#   bash scripts/gpu_check.sh [pytest args]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-$(nproc)}
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}
+unset TRITON_INTERPRET
+"$PY" setup.py -q build_ext --inplace || { echo "build failed"; exit 1; }
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+"$PY" -m pytest tests -q -ra -p no:cacheprovider "$@"
+status=$?
+"$PY" scripts/gpu_table.py
+exit $status

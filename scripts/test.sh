@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The test command: set up (scripts/env.sh), then every test on every backend
+# this machine has. Without a GPU: Triton through its interpreter, the CUDA
+# kernels through their host emulation, plus an ahead-of-time compile of the
+# Triton kernels for sm_80/sm_90 and the emulation's standalone harness.
+# Extra arguments go to pytest.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+source "$ROOT/scripts/env.sh"
+cd "$ROOT"
+
+python -c 'import cnnkern, torch; print("cnnkern backends: cpu ->", cnnkern.available_backends("cpu"),
+      "| cuda ->", cnnkern.available_backends("cuda") if torch.cuda.is_available() else "no GPU",
+      "| CUDA kernels compiled:", cnnkern._ops.cuda_built())'
+bash tests/csrc/run.sh
+python -m pytest tests -q -ra --durations=10 "$@"
+if [[ -f build/triton_aot.txt ]]; then
+  echo "--- Triton kernels compiled ahead of time (registers, spills, shared memory)"
+  cat build/triton_aot.txt
+fi
