@@ -314,6 +314,19 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "tf32" if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else "ieee"
 
 
+_INT32_LIMIT = 2**31
+
+
+def check_int32_indexable(*tensors: torch.Tensor) -> None:
+    """The kernels address elements with int32 offsets: refuse what they cannot reach."""
+    for t in tensors:
+        extent = 1 + sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()) if size > 0)
+        if t.numel() and extent >= _INT32_LIMIT:
+            raise RuntimeError(
+                f"cnnkern's triton backend indexes with 32-bit offsets and a tensor of shape {tuple(t.shape)} "
+                f"spans {extent} elements (limit {_INT32_LIMIT - 1}); use the 'cuda' backend or split the batch")
+
+
 def _geometry(stride, padding, dilation):
     return (stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1])
 
@@ -330,6 +343,7 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
                     memory_format=conv2d_memory_format(input, weight))
     if y.numel() == 0:
         return y
+    check_int32_indexable(input, weight, y)
     _, c_g, r, s = weight.shape
     gemm_m, gemm_n, gemm_k = n * p * q, k // groups, c_g * r * s
     wrap_triton(conv2d_fwd_kernel)[_gemm_grid(gemm_m, gemm_n, groups)](
@@ -353,6 +367,7 @@ def conv2d_backward_input(grad_output: torch.Tensor, input: torch.Tensor, weight
         return dx
     if grad_output.numel() == 0:
         return dx.zero_()
+    check_int32_indexable(grad_output, weight, dx)
     n, c, h, w = input.shape
     k, _, r, s = weight.shape
     gemm_m, gemm_n, gemm_k = n * h * w, c // groups, (k // groups) * r * s
@@ -375,6 +390,7 @@ def conv2d_backward_weight(grad_output: torch.Tensor, input: torch.Tensor, weigh
     dw_acc = torch.zeros((k, c_g * r * s), dtype=_acc_dtype(input.dtype), device=input.device)
     n, _, p, q = grad_output.shape
     if n * p * q > 0 and dw_acc.numel() > 0:
+        check_int32_indexable(grad_output, input, dw_acc)
         gemm_m, gemm_n, gemm_k = k // groups, c_g * r * s, n * p * q
 
         def grid(META):
@@ -403,6 +419,7 @@ def conv2d_backward_bias(grad_output: torch.Tensor) -> torch.Tensor:
     db_acc = torch.zeros((k,), dtype=_acc_dtype(grad_output.dtype), device=grad_output.device)
     rows = n * p * q
     if rows > 0 and k > 0:
+        check_int32_indexable(grad_output)
         col_blocks = triton.cdiv(k, _BGRAD_BLOCK_C)
         split = max(1, min(triton.cdiv(rows, 4 * _BGRAD_BLOCK_R), triton.cdiv(_WGRAD_TARGET_PROGRAMS, col_blocks)))
         wrap_triton(conv2d_bgrad_kernel)[(col_blocks, split)](

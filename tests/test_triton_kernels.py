@@ -40,6 +40,15 @@ def test_every_gpu_config_in_the_interpreter(config, monkeypatch):
         check_against_torch(CASES[3], torch.float16, "triton", "cpu")
 
 
+def test_tensors_beyond_int32_offsets_are_refused():
+    from cnnkern.kernels import conv2d as K
+    K.check_int32_indexable(torch.empty(2**31 - 1, device="meta"), torch.empty(0, 2**40, device="meta"))
+    with pytest.raises(RuntimeError, match="32-bit offsets"):
+        K.check_int32_indexable(torch.empty(2**20, 2**11, device="meta"))
+    with pytest.raises(RuntimeError, match="32-bit offsets"):  # a small view over a huge stride
+        K.check_int32_indexable(torch.empty(2, 2, device="meta").as_strided((2, 2), (2**31, 1)))
+
+
 def test_ahead_of_time_compile_for_sm80_and_sm90(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     report = tmp_path / "aot.json"
