@@ -1,14 +1,15 @@
 // Registers the CUDA Conv2d kernels (csrc/cuda/conv2d.cu) for CUDA tensors.
 // Compiled by the host compiler: the .cu file stays free of torch headers.
 #define CNNKERN_GPU_NS cuda
-#include <ATen/cuda/CUDAContext.h>
+// c10/cuda only: ATen/cuda/CUDAContext.h would drag in cuBLAS/cuSPARSE headers.
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "../ops/conv2d_gpu.h"
 
 namespace cnnkern::cuda {
 
-gpu_stream_t current_stream(const at::Tensor& t) { return at::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
+gpu_stream_t current_stream(const at::Tensor& t) { return c10::cuda::getCurrentCUDAStream(t.device().index()).stream(); }
 
 TORCH_LIBRARY_IMPL(cnnkern, CUDA, m) {
   m.impl("conv2d", [](const at::Tensor& x, const at::Tensor& w, const std::optional<at::Tensor>& b,
