@@ -28,7 +28,6 @@ splits meet in an fp32 workspace through atomic adds.
 """
 from __future__ import annotations
 
-import os
 from typing import List, Optional
 
 import torch
@@ -37,13 +36,10 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .._shapes import conv2d_memory_format, conv2d_output_shape, memory_format_of
+from ._util import check_int32_indexable, interpreting
 
 # Programs the weight-gradient split aims for: two waves of an H100's 132 SMs.
 _WGRAD_TARGET_PROGRAMS = 264
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). Every tile the gathers can
@@ -312,19 +308,6 @@ def _dot_in_fp32(dtype: torch.dtype) -> bool:
 def _dot_precision(dtype: torch.dtype) -> str:
     # fp32 convolutions may use TF32 exactly when nn.Conv2d may (cuDNN's switch).
     return "tf32" if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else "ieee"
-
-
-_INT32_LIMIT = 2**31
-
-
-def check_int32_indexable(*tensors: torch.Tensor) -> None:
-    """The kernels address elements with int32 offsets: refuse what they cannot reach."""
-    for t in tensors:
-        extent = 1 + sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()) if size > 0)
-        if t.numel() and extent >= _INT32_LIMIT:
-            raise RuntimeError(
-                f"cnnkern's triton backend indexes with 32-bit offsets and a tensor of shape {tuple(t.shape)} "
-                f"spans {extent} elements (limit {_INT32_LIMIT - 1}); use the 'cuda' backend or split the batch")
 
 
 def _geometry(stride, padding, dilation):

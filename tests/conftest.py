@@ -48,6 +48,24 @@ def assert_close(got, ref, dtype, backend="cpu", device="cpu", what=""):
     torch.testing.assert_close(got, ref, atol=tol["atol"] * scale, rtol=tol["rtol"], msg=lambda m: f"{what}: {m}")
 
 
+LAYOUTS = ["contiguous", "channels_last", "strided"]
+
+
+def make_input(shape, dtype, device, layout="contiguous", seed=0, generator=None):
+    """A float64-drawn tensor in `dtype` on `device`, in the given memory layout
+    ("strided": every other column of a wider tensor, so not contiguous)."""
+    gen = generator or torch.Generator().manual_seed(seed)
+    n, c, h, w = shape
+    x = torch.randn(n, c, h, 2 * w if layout == "strided" else w, generator=gen, dtype=torch.float64)
+    x = x.to(device=device, dtype=dtype)
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":
+        x = x[..., ::2]
+        assert w == 1 or not x.is_contiguous()  # a single column is contiguous under any stride
+    return x
+
+
 @pytest.fixture(params=BACKEND_DEVICES, ids=IDS)
 def backend_device(request):
     backend, device = request.param

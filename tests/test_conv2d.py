@@ -7,7 +7,7 @@ from torch._prims_common import suggest_memory_format
 
 import cnnkern
 from cnnkern import functional as CF
-from conftest import BACKEND_DEVICES, IDS, assert_close
+from conftest import LAYOUTS, assert_close, make_input
 
 # (N, C, H, W), out channels, kernel, and conv arguments.
 CASES = [
@@ -25,9 +25,6 @@ CASES = [
     dict(x=(2, 3, 10, 10), k=16, kernel=(3, 3), padding=1, bias=False),
     dict(x=(4, 17, 7, 5), k=33, kernel=(3, 3), padding=1),  # prime channel counts past one tile
 ]
-LAYOUTS = ["contiguous", "channels_last", "strided"]
-
-
 def case_id(case):
     parts = ["x" + "x".join(map(str, case["x"])), f"k{case['k']}", "r" + "x".join(map(str, case["kernel"]))]
     parts += [f"{key}{case[key]}" for key in ("stride", "padding", "dilation", "groups", "bias") if key in case]
@@ -40,19 +37,12 @@ def conv_args(case):
 
 def make_operands(case, dtype, device, layout="contiguous", seed=0):
     gen = torch.Generator().manual_seed(seed)
-    n, c, h, w = case["x"]
     groups = case.get("groups", 1)
-    x = torch.randn(n, c, h, 2 * w if layout == "strided" else w, generator=gen, dtype=torch.float64)
-    weight = torch.randn(case["k"], c // groups, *case["kernel"], generator=gen, dtype=torch.float64)
+    x = make_input(case["x"], dtype, device, layout, generator=gen)
+    weight = torch.randn(case["k"], case["x"][1] // groups, *case["kernel"], generator=gen, dtype=torch.float64)
     bias = torch.randn(case["k"], generator=gen, dtype=torch.float64) if case.get("bias", True) else None
     convert = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
-    x, weight, bias = convert(x), convert(weight), convert(bias)
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-    elif layout == "strided":  # every other column of a wider tensor
-        x = x[..., ::2]
-        assert not x.is_contiguous()
-    return x, weight, bias
+    return x, convert(weight), convert(bias)
 
 
 def run_both(case, dtype, device, layout="contiguous"):

@@ -1,0 +1,22 @@
+"""What the Triton kernel files share: interpreter detection and the int32 guard."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+_INT32_LIMIT = 2**31
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def check_int32_indexable(*tensors: torch.Tensor) -> None:
+    """The kernels address elements with int32 offsets: refuse what they cannot reach."""
+    for t in tensors:
+        extent = 1 + sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()) if size > 0)
+        if t.numel() and extent >= _INT32_LIMIT:
+            raise RuntimeError(
+                f"cnnkern's triton backend indexes with 32-bit offsets and a tensor of shape {tuple(t.shape)} "
+                f"spans {extent} elements (limit {_INT32_LIMIT - 1}); use the 'cuda' backend or split the batch")
