@@ -1,4 +1,4 @@
-"""The op layer: each backend's Conv2d ops, with autograd and fake tensors.
+"""The op layer: each backend's ops, with autograd and fake tensors.
 
 torch.ops.cnnkern       C++ ops: CPU kernels on CPU tensors, CUDA kernels on CUDA tensors
 torch.ops.cnnkern_emu   the CUDA kernels built as host code, on CPU tensors ("cuda_emu")
@@ -11,10 +11,12 @@ from __future__ import annotations
 import torch
 
 from . import _C
-from ._shapes import conv2d_memory_format, conv2d_output_shape, memory_format_of
+from ._shapes import conv2d_memory_format, conv2d_output_shape, empty_like_format, memory_format_of, pool2d_output_shape
 
-try:
-    from .kernels import conv2d as _triton_conv2d  # noqa: F401  (registers torch.ops.cnnkern_triton)
+try:  # each module registers its ops in torch.ops.cnnkern_triton
+    from .kernels import conv2d as _triton_conv2d  # noqa: F401
+    from .kernels import batch_norm as _triton_batch_norm  # noqa: F401
+    from .kernels import pool2d as _triton_pool2d  # noqa: F401
 
     _TRITON_ERROR: Exception | None = None
 except ImportError as exc:  # triton missing or unusable: the other backends still work
@@ -62,7 +64,54 @@ def _conv2d_backward_bias_fake(grad_output):
     return grad_output.new_empty((grad_output.shape[1],))
 
 
+def _max_pool2d_fake(input, kernel_size, stride, padding, dilation, ceil_mode):
+    shape = pool2d_output_shape(input, kernel_size, stride, padding, dilation, ceil_mode)
+    return empty_like_format(shape, input), empty_like_format(shape, input, torch.int64)
+
+
+def _max_pool2d_backward_fake(grad_output, input, indices, kernel_size, stride, padding, dilation, ceil_mode):
+    return empty_like_format(input.shape, input)
+
+
+def _avg_pool2d_fake(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    return empty_like_format(pool2d_output_shape(input, kernel_size, stride, padding, (1, 1), ceil_mode), input)
+
+
+def _avg_pool2d_backward_fake(grad_output, input, *args):
+    return empty_like_format(input.shape, input)
+
+
+def _adaptive_avg_pool2d_fake(input, output_size):
+    return empty_like_format((*input.shape[:2], *output_size), input)
+
+
+def _adaptive_avg_pool2d_backward_fake(grad_output, input):
+    return empty_like_format(input.shape, input)
+
+
+def _stat_dtype(input):
+    return torch.float64 if input.dtype == torch.float64 else torch.float32
+
+
+def _batch_norm_relu_fake(input, weight, bias, running_mean, running_var, training, eps):
+    stat = input.new_empty((input.shape[1],), dtype=_stat_dtype(input))
+    return empty_like_format(input.shape, input), stat, stat.clone()
+
+
+def _batch_norm_relu_backward_fake(grad_output, output, input, mean, var, weight, training, eps):
+    stat = input.new_empty((input.shape[1],), dtype=_stat_dtype(input))
+    return empty_like_format(input.shape, input), stat, stat.clone()
+
+
 for _ns in ("cnnkern", "cnnkern_emu"):
+    torch.library.register_fake(f"{_ns}::batch_norm_relu", _batch_norm_relu_fake)
+    torch.library.register_fake(f"{_ns}::batch_norm_relu_backward", _batch_norm_relu_backward_fake)
+    torch.library.register_fake(f"{_ns}::max_pool2d", _max_pool2d_fake)
+    torch.library.register_fake(f"{_ns}::max_pool2d_backward", _max_pool2d_backward_fake)
+    torch.library.register_fake(f"{_ns}::avg_pool2d", _avg_pool2d_fake)
+    torch.library.register_fake(f"{_ns}::avg_pool2d_backward", _avg_pool2d_backward_fake)
+    torch.library.register_fake(f"{_ns}::adaptive_avg_pool2d", _adaptive_avg_pool2d_fake)
+    torch.library.register_fake(f"{_ns}::adaptive_avg_pool2d_backward", _adaptive_avg_pool2d_backward_fake)
     torch.library.register_fake(f"{_ns}::conv2d", _conv2d_fake)
     torch.library.register_fake(f"{_ns}::conv2d_backward_input", _conv2d_backward_input_fake)
     torch.library.register_fake(f"{_ns}::conv2d_backward_weight", _conv2d_backward_weight_fake)
@@ -91,8 +140,73 @@ def _conv2d_backward_for(ns):
     return backward
 
 
+def _max_pool2d_setup_context(ctx, inputs, output):
+    input, *ctx.geometry = inputs
+    ctx.save_for_backward(input, output[1])
+    ctx.mark_non_differentiable(output[1])
+
+
+def _max_pool2d_backward_for(ns):
+    def backward(ctx, grad, _grad_indices):
+        input, indices = ctx.saved_tensors
+        return (ns.max_pool2d_backward(grad, input, indices, *ctx.geometry),) + (None,) * 5
+
+    return backward
+
+
+def _avg_pool2d_setup_context(ctx, inputs, output):
+    input, *ctx.geometry = inputs
+    ctx.save_for_backward(input)
+
+
+def _avg_pool2d_backward_for(ns):
+    def backward(ctx, grad):
+        (input,) = ctx.saved_tensors
+        return (ns.avg_pool2d_backward(grad, input, *ctx.geometry),) + (None,) * 6
+
+    return backward
+
+
+def _adaptive_avg_pool2d_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+
+
+def _adaptive_avg_pool2d_backward_for(ns):
+    def backward(ctx, grad):
+        (input,) = ctx.saved_tensors
+        return ns.adaptive_avg_pool2d_backward(grad, input), None
+
+    return backward
+
+
+def _batch_norm_relu_setup_context(ctx, inputs, output):
+    input, weight, bias, _, _, ctx.training, ctx.eps = inputs
+    y, mean, var = output
+    ctx.save_for_backward(input, y, mean, var, weight)
+    ctx.has_bias = bias is not None
+    ctx.mark_non_differentiable(mean, var)
+
+
+def _batch_norm_relu_backward_for(ns):
+    def backward(ctx, grad, _grad_mean, _grad_var):
+        input, y, mean, var, weight = ctx.saved_tensors
+        dx, dw, db = ns.batch_norm_relu_backward(grad, y, input, mean, var, weight, ctx.training, ctx.eps)
+        dw = dw.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
+        db = db.to(weight.dtype if weight is not None else input.dtype) if ctx.has_bias else None
+        return dx, dw, db, None, None, None, None
+
+    return backward
+
+
+_AUTOGRAD = {
+    "batch_norm_relu": (_batch_norm_relu_backward_for, _batch_norm_relu_setup_context),
+    "conv2d": (_conv2d_backward_for, _conv2d_setup_context),
+    "max_pool2d": (_max_pool2d_backward_for, _max_pool2d_setup_context),
+    "avg_pool2d": (_avg_pool2d_backward_for, _avg_pool2d_setup_context),
+    "adaptive_avg_pool2d": (_adaptive_avg_pool2d_backward_for, _adaptive_avg_pool2d_setup_context),
+}
 for _ns in sorted(set(_NAMESPACE.values())):
     if _ns == "cnnkern_triton" and not triton_available():
         continue
-    torch.library.register_autograd(f"{_ns}::conv2d", _conv2d_backward_for(getattr(torch.ops, _ns)),
-                                    setup_context=_conv2d_setup_context)
+    for _op, (_backward_for, _setup) in _AUTOGRAD.items():
+        torch.library.register_autograd(f"{_ns}::{_op}", _backward_for(getattr(torch.ops, _ns)), setup_context=_setup)

@@ -26,3 +26,23 @@ def conv2d_memory_format(input: torch.Tensor, weight: torch.Tensor) -> torch.mem
     if torch.channels_last in (suggest_memory_format(input), suggest_memory_format(weight)):
         return torch.channels_last
     return torch.contiguous_format
+
+
+def pool_out_size(size: int, kernel: int, stride: int, pad: int, dil: int, ceil_mode: bool) -> int:
+    """torch's pooling output size (the C++ twin is cnnkern/pool2d_index.h)."""
+    span = size + 2 * pad - dil * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
+    out = span // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def pool2d_output_shape(input, kernel, stride, padding, dilation, ceil_mode) -> tuple[int, int, int, int]:
+    n, c, h, w = input.shape
+    return (n, c, pool_out_size(h, kernel[0], stride[0], padding[0], dilation[0], ceil_mode),
+            pool_out_size(w, kernel[1], stride[1], padding[1], dilation[1], ceil_mode))
+
+
+def empty_like_format(shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
+    """A new tensor of `shape` in `like`'s memory format (pooling keeps the input's)."""
+    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=memory_format_of(like))

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
 from . import _backend, _ops
-from ._shapes import conv_out_size
+from ._shapes import pool_out_size
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -105,4 +105,119 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     return out.squeeze(0) if unbatched else out
 
 
-__all__ = ["conv2d", "conv_out_size"]
+def _check_float(input, op):
+    if input.dtype not in _FLOAT_DTYPES:
+        raise NotImplementedError(f"cnnkern {op} supports float16, bfloat16, float32 and float64, not {input.dtype}")
+
+
+def _pool_geometry(op, input, kernel_size, stride, padding, dilation, ceil_mode):
+    """Normalise and validate pooling arguments as torch does; returns 2-element lists."""
+    kernel = _pair(kernel_size)
+    stride = kernel if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) else _pair(stride)
+    padding, dilation = _pair(padding), _pair(dilation)
+    if input.dim() not in (3, 4) or any(s == 0 for s in input.shape[-3:]):
+        raise RuntimeError(f"non-empty 3D or 4D (batch mode) tensor expected for input, got {list(input.shape)}")
+    _check_float(input, op)
+    if any(k <= 0 for k in kernel):
+        raise RuntimeError(f"{op}: kernel_size must be greater than zero, but got kH: {kernel[0]} kW: {kernel[1]}")
+    _positive(stride, f"stride should be greater than zero, but got dH: {stride[0]} dW: {stride[1]}")
+    _positive(dilation, f"dilation should be greater than zero, but got dilationH: {dilation[0]} "
+                        f"dilationW: {dilation[1]}")
+    if any(p < 0 for p in padding):
+        raise RuntimeError("pad must be non-negative")
+    for i in range(2):
+        if 2 * padding[i] > dilation[i] * (kernel[i] - 1) + 1:
+            raise RuntimeError(f"pad should be at most half of effective kernel size, but got pad={padding[i]}, "
+                               f"kernel_size={kernel[i]} and dilation={dilation[i]}")
+    out = [pool_out_size(input.shape[-2 + i], kernel[i], stride[i], padding[i], dilation[i], ceil_mode)
+           for i in range(2)]
+    if any(o < 1 for o in out):
+        c, h, w = input.shape[-3:]
+        raise RuntimeError(f"Given input size: ({c}x{h}x{w}). Calculated output size: ({c}x{out[0]}x{out[1]}). "
+                           "Output size is too small")
+    return list(kernel), list(stride), list(padding), list(dilation)
+
+
+def _batched(input, fn):
+    """Run fn on a 4-D view of a 3-D (unbatched) input, as torch accepts both."""
+    if input.dim() == 3:
+        out = fn(input.unsqueeze(0))
+        return tuple(o.squeeze(0) for o in out) if isinstance(out, tuple) else out.squeeze(0)
+    return fn(input)
+
+
+def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
+               return_indices: bool = False):
+    """Like torch.nn.functional.max_pool2d (indices in torch's layout, usable with nn.MaxUnpool2d)."""
+    geometry = _pool_geometry("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode)
+    ops = _ops.ops_for(_backend.resolve(input.device))
+    out, indices = _batched(input, lambda x: ops.max_pool2d(x, *geometry, ceil_mode))
+    return (out, indices) if return_indices else out
+
+
+def avg_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+               count_include_pad: bool = True, divisor_override: int | None = None) -> torch.Tensor:
+    """Like torch.nn.functional.avg_pool2d."""
+    kernel, stride, padding, _ = _pool_geometry("avg_pool2d", input, kernel_size, stride, padding, 1, ceil_mode)
+    if divisor_override is not None and divisor_override == 0:
+        raise RuntimeError("divisor must be not zero")
+    ops = _ops.ops_for(_backend.resolve(input.device))
+    return _batched(input, lambda x: ops.avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad,
+                                                    divisor_override))
+
+
+def adaptive_avg_pool2d(input: torch.Tensor, output_size) -> torch.Tensor:
+    """Like torch.nn.functional.adaptive_avg_pool2d (None in output_size keeps that input size)."""
+    if input.dim() not in (3, 4) or any(s == 0 for s in input.shape[-2:]):
+        raise RuntimeError(f"adaptive_avg_pool2d(): Expected 3D or 4D tensor with non-zero sizes for non-batch "
+                           f"dimensions, but input has sizes {list(input.shape)}")
+    _check_float(input, "adaptive_avg_pool2d")
+    size = [input.shape[-2 + i] if o is None else o for i, o in enumerate(_pair(output_size))]
+    if any(o < 0 for o in size):
+        raise RuntimeError(f"adaptive_avg_pool2d: elements of output_size must be greater than or equal to 0 "
+                           f"but received {tuple(size)}")
+    if any(o == 0 for o in size):
+        raise NotImplementedError("cnnkern adaptive_avg_pool2d: an output size of 0 is not supported")
+    ops = _ops.ops_for(_backend.resolve(input.device))
+    return _batched(input, lambda x: ops.adaptive_avg_pool2d(x, size))
+
+
+def batch_norm_relu(input: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                    weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, training: bool = False,
+                    momentum: float = 0.1, eps: float = 1e-5) -> torch.Tensor:
+    """relu(F.batch_norm(...)) in one fused kernel, with F.batch_norm's arguments.
+
+    Training normalises with the batch statistics (reduced in fp32 whatever the
+    input dtype) and, when running statistics are given, updates them as
+    F.batch_norm does: running = (1 - momentum)·running + momentum·batch, with
+    the unbiased batch variance. Eval normalises with the running statistics.
+    (BatchNormReLU2d turns momentum=None into the cumulative-average factor.)
+    """
+    if input.dim() != 4:
+        raise ValueError(f"expected 4D input (got {input.dim()}D input)")
+    _check_float(input, "batch_norm_relu")
+    channels = input.shape[1]
+    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
+        if t is not None and t.numel() != channels:
+            raise RuntimeError(f"running_mean should contain {channels} elements not {t.numel()}"
+                               if name.startswith("running") else
+                               f"{name} should contain {channels} elements not {t.numel()}")
+    if training:
+        size = input.numel() // channels if channels else 0
+        if size == 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.shape}")
+    elif running_mean is None or running_var is None:
+        raise RuntimeError("batch_norm_relu: running_mean and running_var must be defined in evaluation mode")
+    ops = _ops.ops_for(_backend.resolve(input.device))
+    out, mean, var = ops.batch_norm_relu(input, weight, bias, running_mean, running_var, training, eps)
+    if training and running_mean is not None and input.numel() > 0:
+        count = input.numel() // channels
+        with torch.no_grad():
+            factor = momentum
+            running_mean.mul_(1 - factor).add_(mean.to(running_mean.dtype), alpha=factor)
+            unbiased = var * (count / (count - 1))
+            running_var.mul_(1 - factor).add_(unbiased.to(running_var.dtype), alpha=factor)
+    return out
+
+
+__all__ = ["adaptive_avg_pool2d", "avg_pool2d", "batch_norm_relu", "conv2d", "max_pool2d"]

@@ -18,3 +18,45 @@ class Conv2d(nn.Conv2d):
             input = nn.functional.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             return CF.conv2d(input, weight, bias, self.stride, 0, self.dilation, self.groups)
         return CF.conv2d(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """nn.MaxPool2d computed by cnnkern's kernels."""
+
+    def forward(self, input: torch.Tensor):
+        return CF.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
+                             ceil_mode=self.ceil_mode, return_indices=self.return_indices)
+
+
+class AvgPool2d(nn.AvgPool2d):
+    """nn.AvgPool2d computed by cnnkern's kernels."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return CF.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                             self.count_include_pad, self.divisor_override)
+
+
+class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """nn.AdaptiveAvgPool2d computed by cnnkern's kernels (global average pooling: output_size=1)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return CF.adaptive_avg_pool2d(input, self.output_size)
+
+
+class BatchNormReLU2d(nn.BatchNorm2d):
+    """relu(nn.BatchNorm2d(x)) in one fused kernel: nn.BatchNorm2d's constructor
+    arguments, state_dict keys and running-statistics rules (momentum=None is a
+    cumulative average; num_batches_tracked counts training batches)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        # nn.BatchNorm2d's own bookkeeping, line for line (torch/nn/modules/batchnorm.py).
+        self._check_input_dim(input)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        keep_running = not self.training or self.track_running_stats
+        return CF.batch_norm_relu(input, self.running_mean if keep_running else None,
+                                  self.running_var if keep_running else None, self.weight, self.bias,
+                                  batch_stats, factor, self.eps)

@@ -30,20 +30,39 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from cnnkern.kernels import conv2d as K  # noqa: E402
+from cnnkern.kernels import batch_norm as B  # noqa: E402
+from cnnkern.kernels import pool2d as P  # noqa: E402
 
 ACC = {"fp16": tl.float32, "bf16": tl.float32, "fp32": tl.float32, "fp64": tl.float64}
 # Pointers that are not in the data dtype: the fp32/fp64 accumulation workspaces.
-WORKSPACE_ARGS = {"dw_acc", "db_acc"}
+WORKSPACE_ARGS = {"dw_acc", "db_acc", "part", "mean", "var", "weight", "mean_out", "var_out", "sum_g", "sum_gx",
+                  "grad_weight", "grad_bias"}
 
 
 def kernels():
     """(name, JITFunction, configs, constexprs common to all configs)."""
     gemm = dict(R=3, S=3)
+    layout = dict(CHANNELS_LAST=True, BLOCK=P.BLOCK)
+    pool = dict(KH=3, KW=3, **layout)
+    reduce = dict(BLOCK_C=B.BLOCK_C, BLOCK_R=B.BLOCK_R)
+    flat = dict(CHANNELS_LAST=True, BLOCK=B.BLOCK)
     return [
         ("conv2d_fwd", K.conv2d_fwd_kernel, dict(gemm, HAS_BIAS=True)),
         ("conv2d_dgrad", K.conv2d_dgrad_kernel, dict(gemm)),
         ("conv2d_wgrad", K.conv2d_wgrad_kernel, dict(gemm)),
         ("conv2d_bgrad", K.conv2d_bgrad_kernel, dict(BLOCK_C=K._BGRAD_BLOCK_C, BLOCK_R=K._BGRAD_BLOCK_R)),
+        ("max_pool2d_fwd", P.max_pool2d_fwd_kernel, dict(pool)),
+        ("max_pool2d_bwd", P.max_pool2d_bwd_kernel, dict(pool)),
+        ("avg_pool2d_fwd", P.avg_pool2d_fwd_kernel, dict(pool, COUNT_INCLUDE_PAD=False)),
+        ("avg_pool2d_bwd", P.avg_pool2d_bwd_kernel, dict(pool, COUNT_INCLUDE_PAD=False)),
+        ("adaptive_avg_fwd", P.adaptive_avg_pool2d_fwd_kernel, dict(MAX_KH=4, MAX_KW=4, **layout)),
+        ("adaptive_avg_bwd", P.adaptive_avg_pool2d_bwd_kernel, dict(MAX_COVER_H=2, MAX_COVER_W=2, **layout)),
+        ("bn_stats", B.bn_stats_partial_kernel, dict(reduce)),
+        ("bn_stats_final", B.bn_stats_finalize_kernel, dict(BLOCK_C=B.BLOCK_C, BLOCK_S=128)),
+        ("bn_relu_apply", B.bn_relu_apply_kernel, dict(HAS_WEIGHT=True, HAS_BIAS=True, **flat)),
+        ("bn_relu_bwd_reduce", B.bn_relu_bwd_reduce_kernel, dict(reduce)),
+        ("bn_relu_bwd_final", B.bn_relu_bwd_finalize_kernel, dict(BLOCK_C=B.BLOCK_C, BLOCK_S=128)),
+        ("bn_relu_bwd_dx", B.bn_relu_bwd_dx_kernel, dict(HAS_WEIGHT=True, TRAINING=True, **flat)),
     ]
 
 
@@ -85,8 +104,14 @@ def compile_one(job):
             signature[arg] = "constexpr"
         elif arg in WORKSPACE_ARGS:
             signature[arg] = "*" + ("fp64" if dtype == "fp64" else "fp32")
+        elif arg == "bias" and name.startswith("bn"):
+            signature[arg] = "*" + ("fp64" if dtype == "fp64" else "fp32")
         elif arg in ("x", "w", "bias", "y", "dy", "dx"):
             signature[arg] = "*" + dtype
+        elif arg == "indices":
+            signature[arg] = "*i64"
+        elif arg in ("eps", "COUNT"):
+            signature[arg] = "fp32"
         else:
             signature[arg] = "i32"
     row = dict(kernel=name, dtype=dtype, arch=f"sm_{arch}", warps=warps, stages=stages,

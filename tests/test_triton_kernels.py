@@ -60,5 +60,8 @@ def test_ahead_of_time_compile_for_sm80_and_sm90(tmp_path):
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     rows = json.loads(report.read_text())
     assert {r["arch"] for r in rows} == {"sm_80", "sm_90"}
-    assert {r["kernel"] for r in rows} == {"conv2d_fwd", "conv2d_dgrad", "conv2d_wgrad", "conv2d_bgrad"}
+    assert {r["kernel"] for r in rows} == {
+        "conv2d_fwd", "conv2d_dgrad", "conv2d_wgrad", "conv2d_bgrad", "max_pool2d_fwd", "max_pool2d_bwd",
+        "avg_pool2d_fwd", "avg_pool2d_bwd", "adaptive_avg_fwd", "adaptive_avg_bwd", "bn_stats", "bn_stats_final",
+        "bn_relu_apply", "bn_relu_bwd_reduce", "bn_relu_bwd_final", "bn_relu_bwd_dx"}
     assert all(r["ok"] and r["local"] == 0 and r["stack"] == 0 for r in rows)

@@ -22,6 +22,33 @@ void define_schemas(torch::Library& m) {
       "conv2d_backward_weight(Tensor grad_output, Tensor input, Tensor weight, "
       "int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
   m.def("conv2d_backward_bias(Tensor grad_output) -> Tensor");
+
+  m.def(
+      "max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
+      "bool ceil_mode) -> (Tensor, Tensor)");
+  m.def(
+      "max_pool2d_backward(Tensor grad_output, Tensor input, Tensor indices, int[2] kernel_size, "
+      "int[2] stride, int[2] padding, int[2] dilation, bool ceil_mode) -> Tensor");
+  m.def(
+      "avg_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, bool ceil_mode, "
+      "bool count_include_pad, int? divisor_override) -> Tensor");
+  m.def(
+      "avg_pool2d_backward(Tensor grad_output, Tensor input, int[2] kernel_size, int[2] stride, "
+      "int[2] padding, bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");
+  m.def("adaptive_avg_pool2d(Tensor input, int[2] output_size) -> Tensor");
+  m.def("adaptive_avg_pool2d_backward(Tensor grad_output, Tensor input) -> Tensor");
+
+  // Fused relu(batch_norm(x)). Returns the output and the statistics it used
+  // (batch mean and biased variance when training, the running ones otherwise),
+  // in fp32 (fp64 for double); running statistics are updated by the caller.
+  m.def(
+      "batch_norm_relu(Tensor input, Tensor? weight, Tensor? bias, Tensor? running_mean, Tensor? running_var, "
+      "bool training, float eps) -> (Tensor, Tensor, Tensor)");
+  // Gradients of input, weight and bias (the last two in fp32, fp64 for double),
+  // from the saved output's ReLU mask: no pre-activation tensor is kept.
+  m.def(
+      "batch_norm_relu_backward(Tensor grad_output, Tensor output, Tensor input, Tensor mean, Tensor var, "
+      "Tensor? weight, bool training, float eps) -> (Tensor, Tensor, Tensor)");
 }
 
 }  // namespace

@@ -1,0 +1,176 @@
+// Fused BatchNorm2d + ReLU on the CPU.
+//
+// Statistics: each channel (channels in parallel) folds its N planes one by
+// one: a plane's mean and sum of squared deviations are taken in two passes,
+// then merged into the channel's running (count, mean, M2) with Chan's
+// formula, which keeps the variance accurate even when the mean dwarfs the
+// spread. Apply: one pass per element. Backward: per channel, one pass
+// reduces Σg and Σg·x̂ (g = dy where the saved output is positive), one more
+// writes dx. Everything accumulates in fp32 (double for double).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "../ops/batch_norm_common.h"
+
+namespace cnnkern::cpu {
+namespace {
+
+template <typename T>
+using acc_type = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// Visits channel c's elements plane by plane: fn(plane pointer offset base) per n.
+struct Planes {
+  int64_t N, H, W, sn, sc, sh, sw;
+  explicit Planes(const at::Tensor& t)
+      : N(t.size(0)), H(t.size(2)), W(t.size(3)), sn(t.stride(0)), sc(t.stride(1)), sh(t.stride(2)),
+        sw(t.stride(3)) {}
+  int64_t at(int64_t n, int64_t c, int64_t h, int64_t w) const { return n * sn + c * sc + h * sh + w * sw; }
+};
+
+template <typename T, typename A>
+void channel_statistics(const T* x, const Planes& p, int64_t c, A* mean_out, A* var_out) {
+  A count = 0, mean = 0, m2 = 0;
+  const A plane_count = static_cast<A>(p.H * p.W);
+  for (int64_t n = 0; n < p.N; ++n) {
+    A sum = 0;
+    for (int64_t h = 0; h < p.H; ++h)
+      for (int64_t w = 0; w < p.W; ++w) sum += static_cast<A>(x[p.at(n, c, h, w)]);
+    const A plane_mean = sum / plane_count;
+    A plane_m2 = 0;
+    for (int64_t h = 0; h < p.H; ++h)
+      for (int64_t w = 0; w < p.W; ++w) {
+        const A d = static_cast<A>(x[p.at(n, c, h, w)]) - plane_mean;
+        plane_m2 += d * d;
+      }
+    // Chan et al.: merge (count, mean, m2) with the plane's statistics.
+    const A total = count + plane_count, delta = plane_mean - mean;
+    mean += delta * plane_count / total;
+    m2 += plane_m2 + delta * delta * count * plane_count / total;
+    count = total;
+  }
+  *mean_out = mean;
+  *var_out = m2 / count;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu(
+    const at::Tensor& input, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var, bool training,
+    double eps) {
+  check_batch_norm_input(input);
+  const auto w = channel_vector(weight, input, "weight");
+  const auto b = channel_vector(bias, input, "bias");
+  const int64_t C = input.size(1);
+  at::Tensor mean, var;
+  if (training) {
+    TORCH_CHECK(input.numel() / std::max<int64_t>(C, 1) > 1 || input.numel() == 0,
+                "cnnkern batch_norm_relu: expected more than 1 value per channel when training");
+    mean = at::empty({C}, input.options().dtype(bn_acc_dtype(input)));
+    var = at::empty({C}, input.options().dtype(bn_acc_dtype(input)));
+  } else {
+    std::tie(mean, var) = running_statistics(running_mean, running_var, input);
+  }
+  at::Tensor y = at::empty(input.sizes(), input.options().memory_format(input.suggest_memory_format()));
+  if (input.numel() == 0) {
+    if (training) mean.fill_(NAN), var.fill_(NAN);
+    return {y, mean, var};
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cnnkern_bn_relu_cpu", [&] {
+    using A = acc_type<scalar_t>;
+    const scalar_t* x = input.const_data_ptr<scalar_t>();
+    const Planes px(input), py(y);
+    A* mean_p = mean.data_ptr<A>();
+    A* var_p = var.data_ptr<A>();
+    const A* w_p = w ? w->const_data_ptr<A>() : nullptr;
+    const A* b_p = b ? b->const_data_ptr<A>() : nullptr;
+    scalar_t* out = y.data_ptr<scalar_t>();
+    at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        if (training) channel_statistics(x, px, c, &mean_p[c], &var_p[c]);
+        const A scale = (w_p ? w_p[c] : A(1)) / std::sqrt(var_p[c] + static_cast<A>(eps));
+        const A shift = (b_p ? b_p[c] : A(0)) - mean_p[c] * scale;
+        for (int64_t n = 0; n < px.N; ++n)
+          for (int64_t h = 0; h < px.H; ++h)
+            for (int64_t ww = 0; ww < px.W; ++ww) {
+              const A v = static_cast<A>(x[px.at(n, c, h, ww)]) * scale + shift;
+              out[py.at(n, c, h, ww)] = static_cast<scalar_t>(v > A(0) ? v : A(0));
+            }
+      }
+    });
+  });
+  return {y, mean, var};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_backward(
+    const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& input, const at::Tensor& mean,
+    const at::Tensor& var, const std::optional<at::Tensor>& weight, bool training, double eps) {
+  check_batch_norm_input(input);
+  TORCH_CHECK(grad_output.sizes() == input.sizes() && output.sizes() == input.sizes(),
+              "cnnkern batch_norm_relu_backward: grad_output and output must have the input's shape");
+  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type() && output.scalar_type() == input.scalar_type(),
+              "cnnkern batch_norm_relu_backward: grad_output and output must have the input's dtype");
+  const auto w = channel_vector(weight, input, "weight");
+  const auto m = channel_vector(mean, input, "mean");
+  const auto v = channel_vector(var, input, "var");
+  const int64_t C = input.size(1);
+  at::Tensor dx = at::empty(input.sizes(), input.options().memory_format(input.suggest_memory_format()));
+  at::Tensor grad_weight = at::zeros({C}, input.options().dtype(bn_acc_dtype(input)));
+  at::Tensor grad_bias = at::zeros({C}, input.options().dtype(bn_acc_dtype(input)));
+  if (input.numel() == 0) return {dx, grad_weight, grad_bias};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cnnkern_bn_relu_bwd_cpu", [&] {
+    using A = acc_type<scalar_t>;
+    const scalar_t* x = input.const_data_ptr<scalar_t>();
+    const scalar_t* y = output.const_data_ptr<scalar_t>();
+    const scalar_t* dy = grad_output.const_data_ptr<scalar_t>();
+    const Planes px(input), py(output), pdy(grad_output), pdx(dx);
+    const A* w_p = w ? w->const_data_ptr<A>() : nullptr;
+    const A* mean_p = m->const_data_ptr<A>();
+    const A* var_p = v->const_data_ptr<A>();
+    A* gw = grad_weight.data_ptr<A>();
+    A* gb = grad_bias.data_ptr<A>();
+    scalar_t* out = dx.data_ptr<scalar_t>();
+    const A count = static_cast<A>(px.N * px.H * px.W);
+    at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        const A invstd = A(1) / std::sqrt(var_p[c] + static_cast<A>(eps));
+        auto g_at = [&](int64_t n, int64_t h, int64_t ww) {
+          return static_cast<A>(y[py.at(n, c, h, ww)]) > A(0) ? static_cast<A>(dy[pdy.at(n, c, h, ww)]) : A(0);
+        };
+        A sum_g = 0, sum_gx = 0;
+        for (int64_t n = 0; n < px.N; ++n)
+          for (int64_t h = 0; h < px.H; ++h)
+            for (int64_t ww = 0; ww < px.W; ++ww) {
+              const A g = g_at(n, h, ww);
+              sum_g += g;
+              sum_gx += g * (static_cast<A>(x[px.at(n, c, h, ww)]) - mean_p[c]) * invstd;
+            }
+        gb[c] = sum_g;
+        gw[c] = sum_gx;
+        const A scale = (w_p ? w_p[c] : A(1)) * invstd;
+        for (int64_t n = 0; n < px.N; ++n)
+          for (int64_t h = 0; h < px.H; ++h)
+            for (int64_t ww = 0; ww < px.W; ++ww) {
+              A d = g_at(n, h, ww);
+              if (training) {
+                const A xhat = (static_cast<A>(x[px.at(n, c, h, ww)]) - mean_p[c]) * invstd;
+                d -= sum_g / count + xhat * sum_gx / count;
+              }
+              out[pdx.at(n, c, h, ww)] = static_cast<scalar_t>(scale * d);
+            }
+      }
+    });
+  });
+  return {dx, grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(cnnkern, CPU, m) {
+  m.impl("batch_norm_relu", &batch_norm_relu);
+  m.impl("batch_norm_relu_backward", &batch_norm_relu_backward);
+}
+
+}  // namespace cnnkern::cpu

@@ -1,0 +1,254 @@
+// Max, average and adaptive-average pooling on the CPU.
+//
+// Forward: rows (n, c, oh) run in parallel; each output scans its window in
+// the accumulator type. Backward is a gather: each input element sums the
+// windows that cover it (conv_out_coord finds them tap by tap; adaptive
+// windows form a short contiguous range), so rows of dx run in parallel with
+// no scatter, no atomics, and the result is deterministic. All index rules
+// (output size, divisor, NaN and ties) come from cnnkern/pool2d_index.h, which
+// the CUDA kernels share.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <limits>
+
+#include "../ops/pool2d_common.h"
+
+namespace cnnkern::cpu {
+namespace {
+
+template <typename T>
+using acc_type = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+#define CNNKERN_CPU_FLOATS(dtype, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
+
+// Rows (n, c, r) of an N x C x rows plane stack, in parallel.
+template <typename F>
+void for_each_row(const Pool2dShape& s, int64_t rows, F&& fn) {
+  at::parallel_for(0, s.N * s.C * rows, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) fn(i / (s.C * rows), (i / rows) % s.C, i % rows);
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntArrayRef kernel, at::IntArrayRef stride,
+                                              at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+  Pool2dShape s = pool2d_shape(input, kernel, stride, padding, dilation, ceil_mode);
+  at::Tensor y = empty_pool_output(input, s, input.scalar_type());
+  at::Tensor indices = empty_pool_output(input, s, at::kLong);
+  if (y.numel() == 0) return {y, indices};
+  fill_strides(s.y_stride, y);
+  CNNKERN_CPU_FLOATS(input.scalar_type(), "cnnkern_max_pool2d_cpu", [&] {
+    using A = acc_type<scalar_t>;
+    const scalar_t* x = input.const_data_ptr<scalar_t>();
+    scalar_t* out = y.data_ptr<scalar_t>();
+    int64_t* idx = indices.data_ptr<int64_t>();
+    for_each_row(s, s.OH, [&](int64_t n, int64_t c, int64_t oh) {
+      const scalar_t* plane = x + n * s.x_stride[0] + c * s.x_stride[1];
+      const int64_t row = n * s.y_stride[0] + c * s.y_stride[1] + oh * s.y_stride[2];
+      for (int64_t ow = 0; ow < s.OW; ++ow) {
+        A best = -std::numeric_limits<A>::infinity();
+        int64_t best_at = -1;
+        for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+          const int64_t h = conv_in_coord(oh, kh, s.stride_h, s.pad_h, s.dil_h);
+          if (h < 0 || h >= s.H) continue;
+          for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+            const int64_t w = conv_in_coord(ow, kw, s.stride_w, s.pad_w, s.dil_w);
+            if (w < 0 || w >= s.W) continue;
+            const A v = static_cast<A>(plane[h * s.x_stride[2] + w * s.x_stride[3]]);
+            if (best_at < 0) best_at = h * s.W + w;  // torch: the first in-bounds element
+            if (max_pool_takes(v, best)) {
+              best = v;
+              best_at = h * s.W + w;
+            }
+          }
+        }
+        out[row + ow * s.y_stride[3]] = static_cast<scalar_t>(best);
+        idx[row + ow * s.y_stride[3]] = best_at;
+      }
+    });
+  });
+  return {y, indices};
+}
+
+at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& indices,
+                               at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
+                               at::IntArrayRef dilation, bool ceil_mode) {
+  Pool2dShape s = pool2d_shape(input, kernel, stride, padding, dilation, ceil_mode);
+  check_pool_grad(grad_output, input, s);
+  TORCH_CHECK(indices.sizes() == grad_output.sizes() && indices.scalar_type() == at::kLong,
+              "cnnkern max_pool2d_backward: indices must be int64 with grad_output's shape");
+  at::Tensor dx = at::empty(input.sizes(), input.options().memory_format(input.suggest_memory_format()));
+  if (dx.numel() == 0) return dx;
+  fill_strides(s.x_stride, dx);
+  CNNKERN_CPU_FLOATS(input.scalar_type(), "cnnkern_max_pool2d_backward_cpu", [&] {
+    using A = acc_type<scalar_t>;
+    const scalar_t* dy = grad_output.const_data_ptr<scalar_t>();
+    const int64_t* idx = indices.const_data_ptr<int64_t>();
+    const auto gs = grad_output.strides(), is = indices.strides();
+    scalar_t* out = dx.data_ptr<scalar_t>();
+    for_each_row(s, s.H, [&](int64_t n, int64_t c, int64_t h) {
+      for (int64_t w = 0; w < s.W; ++w) {
+        A sum = 0;
+        for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+          int64_t oh;
+          if (!conv_out_coord(h, kh, s.stride_h, s.pad_h, s.dil_h, s.OH, &oh)) continue;
+          for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+            int64_t ow;
+            if (!conv_out_coord(w, kw, s.stride_w, s.pad_w, s.dil_w, s.OW, &ow)) continue;
+            if (idx[n * is[0] + c * is[1] + oh * is[2] + ow * is[3]] == h * s.W + w)
+              sum += static_cast<A>(dy[n * gs[0] + c * gs[1] + oh * gs[2] + ow * gs[3]]);
+          }
+        }
+        out[n * s.x_stride[0] + c * s.x_stride[1] + h * s.x_stride[2] + w * s.x_stride[3]] =
+            static_cast<scalar_t>(sum);
+      }
+    });
+  });
+  return dx;
+}
+
+int64_t divisor_or_zero(std::optional<int64_t> divisor_override) {
+  TORCH_CHECK(!divisor_override.has_value() || *divisor_override != 0, "cnnkern avg_pool2d: divisor must be not zero");
+  return divisor_override.value_or(0);
+}
+
+at::Tensor avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
+                      bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override) {
+  Pool2dShape s = pool2d_shape(input, kernel, stride, padding, {1, 1}, ceil_mode);
+  const int64_t divisor = divisor_or_zero(divisor_override);
+  at::Tensor y = empty_pool_output(input, s, input.scalar_type());
+  if (y.numel() == 0) return y;
+  fill_strides(s.y_stride, y);
+  CNNKERN_CPU_FLOATS(input.scalar_type(), "cnnkern_avg_pool2d_cpu", [&] {
+    using A = acc_type<scalar_t>;
+    const scalar_t* x = input.const_data_ptr<scalar_t>();
+    scalar_t* out = y.data_ptr<scalar_t>();
+    for_each_row(s, s.OH, [&](int64_t n, int64_t c, int64_t oh) {
+      const scalar_t* plane = x + n * s.x_stride[0] + c * s.x_stride[1];
+      for (int64_t ow = 0; ow < s.OW; ++ow) {
+        A sum = 0;
+        for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+          const int64_t h = conv_in_coord(oh, kh, s.stride_h, s.pad_h, 1);
+          if (h < 0 || h >= s.H) continue;
+          for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+            const int64_t w = conv_in_coord(ow, kw, s.stride_w, s.pad_w, 1);
+            if (w >= 0 && w < s.W) sum += static_cast<A>(plane[h * s.x_stride[2] + w * s.x_stride[3]]);
+          }
+        }
+        out[n * s.y_stride[0] + c * s.y_stride[1] + oh * s.y_stride[2] + ow * s.y_stride[3]] =
+            static_cast<scalar_t>(sum / static_cast<A>(avg_pool_divisor(s, oh, ow, count_include_pad, divisor)));
+      }
+    });
+  });
+  return y;
+}
+
+at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input, at::IntArrayRef kernel,
+                               at::IntArrayRef stride, at::IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                               std::optional<int64_t> divisor_override) {
+  Pool2dShape s = pool2d_shape(input, kernel, stride, padding, {1, 1}, ceil_mode);
+  check_pool_grad(grad_output, input, s);
+  const int64_t divisor = divisor_or_zero(divisor_override);
+  at::Tensor dx = at::empty(input.sizes(), input.options().memory_format(input.suggest_memory_format()));
+  if (dx.numel() == 0) return dx;
+  fill_strides(s.x_stride, dx);
+  CNNKERN_CPU_FLOATS(input.scalar_type(), "cnnkern_avg_pool2d_backward_cpu", [&] {
+    using A = acc_type<scalar_t>;
+    const scalar_t* dy = grad_output.const_data_ptr<scalar_t>();
+    const auto gs = grad_output.strides();
+    scalar_t* out = dx.data_ptr<scalar_t>();
+    for_each_row(s, s.H, [&](int64_t n, int64_t c, int64_t h) {
+      for (int64_t w = 0; w < s.W; ++w) {
+        A sum = 0;
+        for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+          int64_t oh;
+          if (!conv_out_coord(h, kh, s.stride_h, s.pad_h, 1, s.OH, &oh)) continue;
+          for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+            int64_t ow;
+            if (!conv_out_coord(w, kw, s.stride_w, s.pad_w, 1, s.OW, &ow)) continue;
+            sum += static_cast<A>(dy[n * gs[0] + c * gs[1] + oh * gs[2] + ow * gs[3]]) /
+                   static_cast<A>(avg_pool_divisor(s, oh, ow, count_include_pad, divisor));
+          }
+        }
+        out[n * s.x_stride[0] + c * s.x_stride[1] + h * s.x_stride[2] + w * s.x_stride[3]] =
+            static_cast<scalar_t>(sum);
+      }
+    });
+  });
+  return dx;
+}
+
+at::Tensor adaptive_avg_pool2d(const at::Tensor& input, at::IntArrayRef output_size) {
+  Pool2dShape s = adaptive_pool2d_shape(input, output_size);
+  at::Tensor y = empty_pool_output(input, s, input.scalar_type());
+  if (y.numel() == 0) return y;
+  fill_strides(s.y_stride, y);
+  CNNKERN_CPU_FLOATS(input.scalar_type(), "cnnkern_adaptive_avg_pool2d_cpu", [&] {
+    using A = acc_type<scalar_t>;
+    const scalar_t* x = input.const_data_ptr<scalar_t>();
+    scalar_t* out = y.data_ptr<scalar_t>();
+    for_each_row(s, s.OH, [&](int64_t n, int64_t c, int64_t oh) {
+      const scalar_t* plane = x + n * s.x_stride[0] + c * s.x_stride[1];
+      const int64_t h0 = adaptive_start(oh, s.H, s.OH), h1 = adaptive_end(oh, s.H, s.OH);
+      for (int64_t ow = 0; ow < s.OW; ++ow) {
+        const int64_t w0 = adaptive_start(ow, s.W, s.OW), w1 = adaptive_end(ow, s.W, s.OW);
+        A sum = 0;
+        for (int64_t h = h0; h < h1; ++h)
+          for (int64_t w = w0; w < w1; ++w) sum += static_cast<A>(plane[h * s.x_stride[2] + w * s.x_stride[3]]);
+        out[n * s.y_stride[0] + c * s.y_stride[1] + oh * s.y_stride[2] + ow * s.y_stride[3]] =
+            static_cast<scalar_t>(sum / static_cast<A>((h1 - h0) * (w1 - w0)));
+      }
+    });
+  });
+  return y;
+}
+
+at::Tensor adaptive_avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input) {
+  TORCH_CHECK(grad_output.dim() == 4, "cnnkern adaptive_avg_pool2d_backward: expected a 4-D grad_output");
+  Pool2dShape s = adaptive_pool2d_shape(input, {grad_output.size(2), grad_output.size(3)});
+  check_pool_grad(grad_output, input, s);
+  at::Tensor dx = at::empty(input.sizes(), input.options().memory_format(input.suggest_memory_format()));
+  if (dx.numel() == 0) return dx;
+  fill_strides(s.x_stride, dx);
+  CNNKERN_CPU_FLOATS(input.scalar_type(), "cnnkern_adaptive_avg_pool2d_backward_cpu", [&] {
+    using A = acc_type<scalar_t>;
+    const scalar_t* dy = grad_output.const_data_ptr<scalar_t>();
+    const auto gs = grad_output.strides();
+    scalar_t* out = dx.data_ptr<scalar_t>();
+    for_each_row(s, s.H, [&](int64_t n, int64_t c, int64_t h) {
+      int64_t oh0, oh1;
+      adaptive_covering(h, s.H, s.OH, &oh0, &oh1);
+      for (int64_t w = 0; w < s.W; ++w) {
+        int64_t ow0, ow1;
+        adaptive_covering(w, s.W, s.OW, &ow0, &ow1);
+        A sum = 0;
+        for (int64_t oh = oh0; oh < oh1; ++oh) {
+          const int64_t area_h = adaptive_end(oh, s.H, s.OH) - adaptive_start(oh, s.H, s.OH);
+          for (int64_t ow = ow0; ow < ow1; ++ow) {
+            const int64_t area = area_h * (adaptive_end(ow, s.W, s.OW) - adaptive_start(ow, s.W, s.OW));
+            sum += static_cast<A>(dy[n * gs[0] + c * gs[1] + oh * gs[2] + ow * gs[3]]) / static_cast<A>(area);
+          }
+        }
+        out[n * s.x_stride[0] + c * s.x_stride[1] + h * s.x_stride[2] + w * s.x_stride[3]] =
+            static_cast<scalar_t>(sum);
+      }
+    });
+  });
+  return dx;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(cnnkern, CPU, m) {
+  m.impl("max_pool2d", &max_pool2d);
+  m.impl("max_pool2d_backward", &max_pool2d_backward);
+  m.impl("avg_pool2d", &avg_pool2d);
+  m.impl("avg_pool2d_backward", &avg_pool2d_backward);
+  m.impl("adaptive_avg_pool2d", &adaptive_avg_pool2d);
+  m.impl("adaptive_avg_pool2d_backward", &adaptive_avg_pool2d_backward);
+}
+
+}  // namespace cnnkern::cpu

@@ -1,0 +1,99 @@
+// Torch-facing wrappers of the fused BatchNorm+ReLU GPU launchers, shared by
+// the CUDA build and its host emulation (same includer contract as conv2d_gpu.h).
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+#include "batch_norm_common.h"
+#include "cnnkern/batch_norm_launch.h"
+#include "conv2d_common.h"
+
+namespace cnnkern::CNNKERN_GPU_NS {
+
+gpu_stream_t current_stream(const at::Tensor& t);
+
+template <typename A>
+const A* ptr_or_null(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->const_data_ptr<A>() : nullptr;
+}
+
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_op(
+    const at::Tensor& input, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
+    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var, bool training,
+    double eps) {
+  check_batch_norm_input(input);
+  const auto w = channel_vector(weight, input, "weight");
+  const auto b = channel_vector(bias, input, "bias");
+  const auto acc = bn_acc_dtype(input);
+  at::Tensor mean, var;
+  if (training) {
+    mean = at::empty({input.size(1)}, input.options().dtype(acc));
+    var = at::empty({input.size(1)}, input.options().dtype(acc));
+  } else {
+    std::tie(mean, var) = running_statistics(running_mean, running_var, input);
+  }
+  at::Tensor y = at::empty(input.sizes(), input.options().memory_format(input.suggest_memory_format()));
+  if (input.numel() == 0) {
+    if (training) mean.fill_(NAN), var.fill_(NAN);
+    return {y, mean, var};
+  }
+  BnShape s{input.size(0), input.size(1), input.size(2), input.size(3)};
+  fill_strides(s.x_stride, input);
+  fill_strides(s.y_stride, y);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cnnkern_bn_relu_gpu", [&] {
+    using A = acc_t<scalar_t>;
+    if (training) {
+      at::Tensor workspace = at::empty({batch_norm_stats_workspace(s)}, input.options().dtype(acc));
+      batch_norm_stats<scalar_t>(s, input.const_data_ptr<scalar_t>(), mean.data_ptr<A>(), var.data_ptr<A>(),
+                                 workspace.data_ptr<A>(), current_stream(input));
+    }
+    batch_norm_relu_apply<scalar_t>(s, input.const_data_ptr<scalar_t>(), mean.const_data_ptr<A>(),
+                                    var.const_data_ptr<A>(), ptr_or_null<A>(w), ptr_or_null<A>(b), eps,
+                                    y.data_ptr<scalar_t>(), current_stream(input));
+  });
+  return {y, mean, var};
+}
+
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_backward_op(
+    const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& input, const at::Tensor& mean,
+    const at::Tensor& var, const std::optional<at::Tensor>& weight, bool training, double eps) {
+  check_batch_norm_input(input);
+  TORCH_CHECK(grad_output.sizes() == input.sizes() && output.sizes() == input.sizes(),
+              "cnnkern batch_norm_relu_backward: grad_output and output must have the input's shape");
+  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type() && output.scalar_type() == input.scalar_type(),
+              "cnnkern batch_norm_relu_backward: grad_output and output must have the input's dtype");
+  const auto w = channel_vector(weight, input, "weight");
+  const auto m = channel_vector(mean, input, "mean");
+  const auto v = channel_vector(var, input, "var");
+  const auto acc = bn_acc_dtype(input);
+  const auto format = input.suggest_memory_format();
+  at::Tensor dx = at::empty(input.sizes(), input.options().memory_format(format));
+  at::Tensor grad_weight = at::zeros({input.size(1)}, input.options().dtype(acc));
+  at::Tensor grad_bias = at::zeros({input.size(1)}, input.options().dtype(acc));
+  if (input.numel() == 0) return {dx, grad_weight, grad_bias};
+  const at::Tensor y = output.contiguous(format);  // the launcher reads y and writes dx through one set of strides
+  BnShape s{input.size(0), input.size(1), input.size(2), input.size(3)};
+  fill_strides(s.x_stride, input);
+  fill_strides(s.y_stride, dx);
+  fill_strides(s.dy_stride, grad_output);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cnnkern_bn_relu_bwd_gpu", [&] {
+    using A = acc_t<scalar_t>;
+    at::Tensor workspace = at::empty({batch_norm_backward_workspace(s)}, input.options().dtype(acc));
+    batch_norm_relu_backward<scalar_t>(s, grad_output.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(),
+                                       input.const_data_ptr<scalar_t>(), m->const_data_ptr<A>(),
+                                       v->const_data_ptr<A>(), ptr_or_null<A>(w), eps, training,
+                                       dx.data_ptr<scalar_t>(), grad_weight.data_ptr<A>(), grad_bias.data_ptr<A>(),
+                                       workspace.data_ptr<A>(), current_stream(input));
+  });
+  return {dx, grad_weight, grad_bias};
+}
+
+inline void register_batch_norm(torch::Library& m) {
+  m.impl("batch_norm_relu", &batch_norm_relu_op);
+  m.impl("batch_norm_relu_backward", &batch_norm_relu_backward_op);
+}
+
+}  // namespace cnnkern::CNNKERN_GPU_NS
