@@ -33,7 +33,9 @@ def cases(dtype):
         ("avgpool 3/2", (256, 64, 32, 32), lambda x: CF.avg_pool2d(x, 3, 2, 1), lambda x: F.avg_pool2d(x, 3, 2, 1)),
         ("bn+relu train", (256, 64, 32, 32),
          lambda x: CF.batch_norm_relu(x, None, None, bw, bb, training=True),
-         lambda x: F.relu(F.batch_norm(x, None, None, bw, bb, training=True))),
+         # the float64 reference needs float64 parameters; fp16/fp32 use fp32 ones, as cnnkern does
+         lambda x: F.relu(F.batch_norm(x, None, None, *(p.to(x.dtype) if x.dtype == torch.float64 else p
+                                                          for p in (bw, bb)), training=True))),
     ]
 
 
