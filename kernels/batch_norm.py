@@ -26,7 +26,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .._shapes import empty_like_format
-from ._util import check_int32_indexable
+from ._util import check_int32_indexable, position as _position
 
 BLOCK_C = 32  # channels per reduction program
 BLOCK_R = 64  # rows per reduction tile
@@ -98,22 +98,6 @@ def bn_stats_finalize_kernel(part, mean_out, var_out, C, CHUNKS, BLOCK_C: tl.con
     m2 = tl.sum(m2_i, axis=0) + tl.sum(count * d * d, axis=0)
     tl.store(mean_out + offs_c, mean, mask=c_ok)
     tl.store(var_out + offs_c, m2 / total, mask=c_ok)
-
-
-@triton.jit
-def _position(offs, C, H, W, CHANNELS_LAST: tl.constexpr):
-    if CHANNELS_LAST:
-        c = offs % C
-        rest = offs // C
-        w = rest % W
-        h = (rest // W) % H
-        n = rest // (W * H)
-    else:
-        w = offs % W
-        h = (offs // W) % H
-        c = (offs // (W * H)) % C
-        n = offs // (W * H * C)
-    return n, c, h, w
 
 
 @triton.jit

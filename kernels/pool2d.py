@@ -28,25 +28,9 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .._shapes import empty_like_format, pool2d_output_shape
-from ._util import check_int32_indexable
+from ._util import check_int32_indexable, position as _position
 
 BLOCK = 256
-
-
-@triton.jit
-def _position(offs, C, H, W, CHANNELS_LAST: tl.constexpr):
-    # Element number -> (n, c, h, w), in the tensor's own memory order.
-    if CHANNELS_LAST:
-        c = offs % C
-        w = (offs // C) % W
-        h = (offs // (C * W)) % H
-        n = offs // (C * W * H)
-    else:
-        w = offs % W
-        h = (offs // W) % H
-        c = (offs // (W * H)) % C
-        n = offs // (W * H * C)
-    return n, c, h, w
 
 
 @triton.jit
