@@ -16,7 +16,7 @@ result is deterministic.
 
 Max pooling follows torch exactly: -inf padding, a NaN always wins (so NaN
 propagates and reports the last NaN's index), ties keep the first index, and an
-all -inf window reports its first in-bounds element.
+all -inf window reports torch's seed index (its first in-bounds element).
 """
 from __future__ import annotations
 
@@ -45,7 +45,12 @@ def max_pool2d_fwd_kernel(
     n, c, oh, ow = _position(offs, C, OH, OW, CHANNELS_LAST)
     plane = n * sx_n + c * sx_c
     best = tl.full((BLOCK,), float("-inf"), ACC)
-    best_at = tl.full((BLOCK,), -1, tl.int32)
+    # torch's seed (cnnkern/pool2d_index.h, max_pool_start_index): the first tap at or past row/column 0
+    h0 = oh * stride_h - pad_h
+    w0 = ow * stride_w - pad_w
+    h0 = tl.where(h0 < 0, h0 + (-h0 + dil_h - 1) // dil_h * dil_h, h0)
+    w0 = tl.where(w0 < 0, w0 + (-w0 + dil_w - 1) // dil_w * dil_w, w0)
+    best_at = h0 * W + w0
     for kh in tl.static_range(KH):
         h = oh * stride_h - pad_h + kh * dil_h
         for kw in tl.static_range(KW):
@@ -53,7 +58,6 @@ def max_pool2d_fwd_kernel(
             inside = ok & (h >= 0) & (h < H) & (w >= 0) & (w < W)
             v = tl.load(x + plane + h * sx_h + w * sx_w, mask=inside, other=float("-inf")).to(ACC)
             at = h * W + w
-            best_at = tl.where(inside & (best_at < 0), at, best_at)  # torch: start at the first in-bounds element
             take = inside & ((v > best) | (v != v))
             best = tl.where(take, v, best)
             best_at = tl.where(take, at, best_at)

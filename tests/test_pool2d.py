@@ -116,6 +116,11 @@ def test_max_pool2d_nan_inf_and_ties_like_torch(backend_device):
         y_t, idx_t = F.max_pool2d(x, return_indices=True, **kwargs)
         assert torch.equal(idx, idx_t), kwargs
         torch.testing.assert_close(y, y_t, equal_nan=True)
+    # a dilated window wholly in the padding: torch reports -inf and an index past the plane
+    x = torch.arange(4.0, device=device).view(1, 1, 2, 2)
+    y, idx = CF.max_pool2d(x, 2, padding=1, dilation=3, return_indices=True)
+    y_t, idx_t = F.max_pool2d(x, 2, padding=1, dilation=3, return_indices=True)
+    assert torch.equal(idx, idx_t) and torch.equal(y, y_t) and idx.item() == 6
     ones = torch.ones(1, 1, 3, 3, device=device)  # ties everywhere: the first index
     assert CF.max_pool2d(ones, 3, return_indices=True)[1].item() == 0
     allneg = torch.full((1, 1, 2, 2), -math.inf, device=device)

@@ -50,7 +50,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntAr
       const int64_t row = n * s.y_stride[0] + c * s.y_stride[1] + oh * s.y_stride[2];
       for (int64_t ow = 0; ow < s.OW; ++ow) {
         A best = -std::numeric_limits<A>::infinity();
-        int64_t best_at = -1;
+        int64_t best_at = max_pool_start_index(s, oh, ow);
         for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
           const int64_t h = conv_in_coord(oh, kh, s.stride_h, s.pad_h, s.dil_h);
           if (h < 0 || h >= s.H) continue;
@@ -58,7 +58,6 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntAr
             const int64_t w = conv_in_coord(ow, kw, s.stride_w, s.pad_w, s.dil_w);
             if (w < 0 || w >= s.W) continue;
             const A v = static_cast<A>(plane[h * s.x_stride[2] + w * s.x_stride[3]]);
-            if (best_at < 0) best_at = h * s.W + w;  // torch: the first in-bounds element
             if (max_pool_takes(v, best)) {
               best = v;
               best_at = h * s.W + w;

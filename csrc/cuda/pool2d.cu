@@ -30,8 +30,10 @@
 #define CNNKERN_GPU_NS cuda
 #endif
 
+#include <climits>
 #include <cmath>
 #include <cstdint>
+#include <stdexcept>
 
 #include "cnnkern/conv2d_index.h"
 #include "cnnkern/gpu_types.h"
@@ -44,12 +46,31 @@ namespace CNNKERN_GPU_NS {
 namespace {
 
 constexpr int kThreads = 256;
+// At least 4 resident blocks (half of an SM's 2048 threads) caps registers at
+// 64: the kernels are bandwidth-bound and need warps in flight to hide latency.
+// Without it the adaptive backward gather took up to 76 registers.
+constexpr int kMinBlocksPerSm = 4;
 // Grid-stride cap: 2^16 blocks of 256 threads keep ~16M threads in flight,
 // far beyond what any GPU holds, so larger tensors just loop.
 constexpr int64_t kMaxBlocks = int64_t{1} << 16;
-// The 32-bit counter must not wrap when a grid stride is added to it.
-constexpr int64_t kMaxElements32 = (int64_t{1} << 31) - 1;
+// Most elements walked with a 32-bit counter, which must not wrap when a grid
+// stride is added to it. A build may lower it (the emulation tests set 0 to
+// push every launch through the 64-bit path).
+#ifndef CNNKERN_POOL2D_MAX_ELEMENTS32
+#define CNNKERN_POOL2D_MAX_ELEMENTS32 ((int64_t{1} << 31) - 1)
+#endif
+constexpr int64_t kMaxElements32 = CNNKERN_POOL2D_MAX_ELEMENTS32;
 static_assert(kMaxElements32 + kMaxBlocks * kThreads <= int64_t{UINT32_MAX}, "32-bit counter would wrap");
+
+// Keeps a tap loop rolled (nvcc only; g++ would warn about the pragma). The
+// backward gathers reject most taps (all but about one in `stride` per
+// dimension), so unrolling them only multiplies the division code around
+// conv_out_coord; rolled, no instantiation spills.
+#if defined(__CUDACC__)
+#define CNNKERN_POOL_NO_UNROLL _Pragma("unroll 1")
+#else
+#define CNNKERN_POOL_NO_UNROLL
+#endif
 
 template <typename T>
 __device__ __forceinline__ acc_t<T> to_acc(T v) {
@@ -110,24 +131,23 @@ __device__ __forceinline__ int64_t pixel_offset(const int64_t* stride, int64_t r
 // ---- Forward kernels: one thread per output element ---------------------------
 
 template <typename T, typename Index>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     max_pool2d_forward_kernel(const Walk<Index> wk, const Pool2dShape s, const T* x, T* y, int64_t* indices) {
   using Acc = acc_t<T>;
   CNNKERN_POOL_FOR_EACH(i, wk) {
     const Pos p = decode(wk, i);  // row, col = oh, ow
     const T* plane = x + plane_offset(s.x_stride, p);
     Acc best = -static_cast<Acc>(INFINITY);
-    int64_t best_at = -1;  // stays -1 only if the window holds no input element
-    for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+    int64_t best_at = max_pool_start_index(s, p.row, p.col);  // torch's seed, even for an all-padding window
+    for (int kh = 0; kh < static_cast<int>(s.kernel_h); ++kh) {
       const int64_t h = conv_in_coord(p.row, kh, s.stride_h, s.pad_h, s.dil_h);
       if (!in_range(h, s.H)) continue;
-      for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+      for (int kw = 0; kw < static_cast<int>(s.kernel_w); ++kw) {
         const int64_t w = conv_in_coord(p.col, kw, s.stride_w, s.pad_w, s.dil_w);
         if (!in_range(w, s.W)) continue;
         const Acc v = to_acc(plane[pixel_offset(s.x_stride, h, w)]);
-        // torch: the first in-bounds element seeds the index (so an all -inf
-        // window reports it); after that NaN always takes and ties do not.
-        if (best_at < 0 || max_pool_takes(v, best)) {
+        // NaN always takes and ties do not; an all -inf window keeps the seed.
+        if (max_pool_takes(v, best)) {
           best = v;
           best_at = h * s.W + w;
         }
@@ -140,7 +160,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename T, typename Index>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     avg_pool2d_forward_kernel(const Walk<Index> wk, const Pool2dShape s, const T* x, T* y,
                               const bool count_include_pad, const int64_t divisor_override) {
   using Acc = acc_t<T>;
@@ -163,7 +183,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename T, typename Index>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     adaptive_avg_pool2d_forward_kernel(const Walk<Index> wk, const Pool2dShape s, const T* x, T* y) {
   using Acc = acc_t<T>;
   CNNKERN_POOL_FOR_EACH(i, wk) {
@@ -185,7 +205,7 @@ __global__ void __launch_bounds__(kThreads)
 // Tap (kh, kw) of window (oh, ow) reads (h, w) iff conv_out_coord maps (h, kh)
 // to oh and (w, kw) to ow, so the taps enumerate the covering windows once each.
 template <typename T, typename Index>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     max_pool2d_backward_kernel(const Walk<Index> wk, const Pool2dShape s, const T* dy, const int64_t* indices,
                                T* dx) {
   using Acc = acc_t<T>;
@@ -196,10 +216,12 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t* idx_plane = indices + plane;
     const int64_t me = p.row * s.W + p.col;
     Acc sum = Acc(0);
-    for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+    CNNKERN_POOL_NO_UNROLL
+    for (int kh = 0; kh < static_cast<int>(s.kernel_h); ++kh) {
       int64_t oh;
       if (!conv_out_coord(p.row, kh, s.stride_h, s.pad_h, s.dil_h, s.OH, &oh)) continue;
-      for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+      CNNKERN_POOL_NO_UNROLL
+      for (int kw = 0; kw < static_cast<int>(s.kernel_w); ++kw) {
         int64_t ow;
         if (!conv_out_coord(p.col, kw, s.stride_w, s.pad_w, s.dil_w, s.OW, &ow)) continue;
         const int64_t at = pixel_offset(s.y_stride, oh, ow);
@@ -212,7 +234,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // dx[h][w] = sum over the windows covering (h, w) of dy / divisor (dilation 1).
 template <typename T, typename Index>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     avg_pool2d_backward_kernel(const Walk<Index> wk, const Pool2dShape s, const T* dy, T* dx,
                                const bool count_include_pad, const int64_t divisor_override) {
   using Acc = acc_t<T>;
@@ -220,10 +242,12 @@ __global__ void __launch_bounds__(kThreads)
     const Pos p = decode(wk, i);  // row, col = h, w
     const T* dy_plane = dy + plane_offset(s.y_stride, p);
     Acc sum = Acc(0);
-    for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
+    CNNKERN_POOL_NO_UNROLL
+    for (int kh = 0; kh < static_cast<int>(s.kernel_h); ++kh) {
       int64_t oh;
       if (!conv_out_coord(p.row, kh, s.stride_h, s.pad_h, 1, s.OH, &oh)) continue;
-      for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+      CNNKERN_POOL_NO_UNROLL
+      for (int kw = 0; kw < static_cast<int>(s.kernel_w); ++kw) {
         int64_t ow;
         if (!conv_out_coord(p.col, kw, s.stride_w, s.pad_w, 1, s.OW, &ow)) continue;
         const Acc divisor = static_cast<Acc>(avg_pool_divisor(s, oh, ow, count_include_pad, divisor_override));
@@ -237,7 +261,7 @@ __global__ void __launch_bounds__(kThreads)
 // dx[h][w] = sum over the adaptive windows covering (h, w) of dy / area; those
 // windows are [oh0, oh1) x [ow0, ow1), usually one or two per dimension.
 template <typename T, typename Index>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     adaptive_avg_pool2d_backward_kernel(const Walk<Index> wk, const Pool2dShape s, const T* dy, T* dx) {
   using Acc = acc_t<T>;
   CNNKERN_POOL_FOR_EACH(i, wk) {
@@ -261,6 +285,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 #undef CNNKERN_POOL_FOR_EACH
+#undef CNNKERN_POOL_NO_UNROLL
 
 // ---- Launch helpers -------------------------------------------------------------
 
@@ -272,6 +297,8 @@ void launch_walk(const Pool2dShape& s, int64_t rows, int64_t cols, MakeKernel ma
                  const Args&... args) {
   const int64_t total = s.N * s.C * rows * cols;
   if (total <= 0) return;
+  if (s.kernel_h > INT_MAX || s.kernel_w > INT_MAX)
+    throw std::invalid_argument("cnnkern pool2d (GPU): kernel size too large for the kernels");
   const bool channel_fastest = s.x_stride[1] == 1 && s.C > 1;
   const int64_t wanted = (total + kThreads - 1) / kThreads;
   const dim3 grid(static_cast<unsigned>(wanted < kMaxBlocks ? wanted : kMaxBlocks));

@@ -66,6 +66,17 @@ CNNKERN_HD void adaptive_covering(int64_t i, int64_t in, int64_t out, int64_t* f
   *last = l;
 }
 
+// The index a max-pool window reports before any element beats -inf, as torch
+// computes it: the first tap at or past row 0 and column 0. For any window with
+// an input element that is its first in-bounds element; for a dilated window
+// lying wholly in the padding it points past the plane, as torch's does.
+CNNKERN_HD int64_t max_pool_start_index(const Pool2dShape& s, int64_t oh, int64_t ow) {
+  int64_t h = oh * s.stride_h - s.pad_h, w = ow * s.stride_w - s.pad_w;
+  if (h < 0) h += (-h + s.dil_h - 1) / s.dil_h * s.dil_h;
+  if (w < 0) w += (-w + s.dil_w - 1) / s.dil_w * s.dil_w;
+  return h * s.W + w;
+}
+
 // The max-pool update, torch's: a NaN always wins (so NaN propagates), and a
 // value equal to the best so far does not (so ties keep the first index).
 template <typename A>
