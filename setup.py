@@ -43,7 +43,8 @@ if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
     # Without a GPU torch cannot guess the architecture: default to A100 and H100.
     os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
 
-# -std= is never passed: torch's headers choose the standard they need (C++20).
+# -std= is never passed: torch chooses the standard its headers need (C++17 up to
+# torch 2.11, C++20 from 2.12); the CUDA emulation compiles under both.
 cxx_flags = ["-O3", "-fvisibility=hidden"]
 sources = _sources("csrc/ops/*.cpp", "csrc/cpu/*.cpp", "csrc/emu/*.cpp")
 define_macros = [("Py_LIMITED_API", "0x03090000")]

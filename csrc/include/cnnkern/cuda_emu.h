@@ -1,5 +1,5 @@
 // Host emulation of the CUDA built-ins used by csrc/cuda/*.cu, so the very
-// same kernel source compiles with a plain C++20 compiler and runs on the CPU
+// same kernel source compiles with a plain C++ compiler and runs on the CPU
 // (backend "cuda_emu"). It exists to test the kernels' index math, tiling and
 // synchronisation where there is no GPU; it is not a fast path.
 //
@@ -13,12 +13,16 @@
 // Rules the kernels must follow (they are CUDA's rules too): every thread of a
 // block reaches every __syncthreads(), and every thread of a warp takes part in
 // each warp shuffle.
+//
+// Language level: C++17 or later, same behaviour under both. torch chooses the
+// -std of extension builds (C++17 up to torch 2.11, C++20 from 2.12), so this
+// header avoids the C++20 std::barrier, std::jthread and std::atomic_ref.
 #pragma once
 
 #define CNNKERN_EMU 1
 
 #include <atomic>
-#include <barrier>
+#include <condition_variable>
 #include <cstddef>
 #include <cstring>
 #include <memory>
@@ -56,12 +60,58 @@ namespace emu_runtime {
 constexpr unsigned kWarpSize = 32;
 constexpr std::size_t kMaxShuffleBytes = 16;
 
+// Reusable barrier for a fixed number of threads (std::barrier is C++20).
+// Arrivals are counted under the mutex, so every write a thread made before
+// arriving is visible to every thread after the barrier (release/acquire on
+// the generation below), which is what __syncthreads and the shuffles rely on.
+class Barrier {
+ public:
+  explicit Barrier(unsigned count) : count_(count) {}
+  Barrier(const Barrier&) = delete;
+  Barrier& operator=(const Barrier&) = delete;
+
+  void arrive_and_wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    // Waiters watch the generation, not the arrival count: the count restarts
+    // at 0 for the next phase as soon as the last thread arrives, and a thread
+    // released early may arrive again before every waiter has looked.
+    const unsigned generation = generation_.load(std::memory_order_relaxed);
+    if (++arrived_ == count_) {
+      arrived_ = 0;
+      generation_.store(generation + 1, std::memory_order_release);
+      // Unlocked first so the woken threads do not block on the mutex again.
+      // Safe: the barrier outlives the call, as its owner joins every thread.
+      lock.unlock();
+      wakeup_.notify_all();
+      return;
+    }
+    lock.unlock();
+    // Yield for a while before sleeping: with hundreds of threads on a few
+    // cores, a barrier that only slept made the emulation about 2x slower,
+    // since every thread woken by notify_all has to retake the mutex in turn.
+    for (int i = 0; i < kYieldsBeforeSleep; ++i) {
+      if (generation_.load(std::memory_order_acquire) != generation) return;
+      std::this_thread::yield();
+    }
+    lock.lock();
+    wakeup_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != generation; });
+  }
+
+ private:
+  static constexpr int kYieldsBeforeSleep = 64;
+  const unsigned count_;
+  unsigned arrived_ = 0;                 // guarded by mutex_
+  std::atomic<unsigned> generation_{0};  // written under mutex_, read without it
+  std::mutex mutex_;
+  std::condition_variable wakeup_;
+};
+
 // State shared by the threads of one launch.
 struct Launch {
   struct Warp {
     explicit Warp(unsigned lanes) : size(lanes), barrier(lanes) {}
     unsigned size;  // < 32 only for a trailing partial warp
-    std::barrier<> barrier;
+    Barrier barrier;
     alignas(16) unsigned char slots[kWarpSize][kMaxShuffleBytes];
   };
 
@@ -75,7 +125,7 @@ struct Launch {
     }
   }
 
-  std::barrier<> block_barrier;
+  Barrier block_barrier;
   std::vector<std::unique_ptr<Warp>> warps;
   std::vector<std::max_align_t> dynamic_shared;
 };
@@ -114,10 +164,15 @@ void launch(dim3 grid, dim3 block, std::size_t shared_bytes, const Body& body) {
         }
     current = nullptr;
   };
-  std::vector<std::jthread> threads;
+  // Plain std::thread (std::jthread is C++20), joined before `state` goes away.
+  // Should starting a thread throw, `threads` is destroyed with joinable threads
+  // and the process terminates: better than joining, which would hang, since
+  // the threads already started wait at the barrier for the missing ones.
+  std::vector<std::thread> threads;
   threads.reserve(nthreads);
   for (unsigned t = 0; t < nthreads; ++t) threads.emplace_back(run_thread, t);
-}  // the jthreads join here, before `state` goes away
+  for (std::thread& t : threads) t.join();
+}
 
 inline void* dynamic_shared() { return current->dynamic_shared.data(); }
 
@@ -162,9 +217,20 @@ T __shfl_xor_sync(unsigned /*mask*/, T v, int lane_mask, int width = 32) {
   });
 }
 
+// A compare-exchange loop, as neither C++17 (no std::atomic_ref) nor the GCC
+// builtins (integers only) add floats atomically in place. The generic
+// __atomic_* builtins compare the bits, so a NaN in *address still matches.
+// Relaxed: like CUDA's atomicAdd, it orders nothing but the addition itself.
 template <typename T>
 T atomicAdd(T* address, T value) {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
                 "cuda_emu atomicAdd: float and double only");
-  return std::atomic_ref<T>(*address).fetch_add(value, std::memory_order_relaxed);
+  T old;
+  __atomic_load(address, &old, __ATOMIC_RELAXED);
+  T sum = old + value;
+  // On failure `old` is reloaded with the current value: retry from there.
+  while (!__atomic_compare_exchange(address, &old, &sum, /*weak=*/true, __ATOMIC_RELAXED,
+                                    __ATOMIC_RELAXED))
+    sum = old + value;
+  return old;
 }
