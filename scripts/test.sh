@@ -20,6 +20,7 @@ print("cnnkern backends: cpu ->", cnnkern.available_backends("cpu"),
 PY
 bash tests/csrc/run.sh
 bash tests/csrc/run_pool2d.sh
+bash tests/csrc/run_batch_norm.sh
 python -m pytest tests -q -ra --durations=10 "$@"
 if [[ -f build/triton_aot.txt ]]; then
   echo "--- Triton kernels compiled ahead of time (registers, spills, shared memory)"

@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "../ops/batch_norm_gpu.h"
 #include "../ops/conv2d_gpu.h"
 #include "../ops/pool2d_gpu.h"
 
@@ -37,6 +38,8 @@ TORCH_LIBRARY_IMPL(cnnkern, CUDA, m) {
   m.impl("avg_pool2d_backward", &Guarded<&avg_pool2d_backward_op>::call);
   m.impl("adaptive_avg_pool2d", &Guarded<&adaptive_avg_pool2d_op>::call);
   m.impl("adaptive_avg_pool2d_backward", &Guarded<&adaptive_avg_pool2d_backward_op>::call);
+  m.impl("batch_norm_relu", &Guarded<&batch_norm_relu_op>::call);
+  m.impl("batch_norm_relu_backward", &Guarded<&batch_norm_relu_backward_op>::call);
 }
 
 }  // namespace cnnkern::cuda

@@ -1,0 +1,655 @@
+// Fused BatchNorm2d + ReLU on CUDA cores: batch statistics, the fused
+// normalise-affine-ReLU pass, and its backward.
+//
+// Work split. Every kernel but the two finalizes runs on one grid: blockIdx.x
+// picks a tile of channels, blockIdx.y a chunk of the M = N*H*W rows (a row is
+// one (n, h, w) position). A block of 256 threads is tc channel lanes x tr row
+// lanes (tc * tr = 256, tc a power of two); a thread owns one channel and the
+// rows r, r + tr, r + 2 tr, ... of its block's chunk. Which lane index runs
+// fastest across a warp follows x's layout: for channels_last (the channel
+// stride is the smallest) consecutive threads take consecutive channels
+// (tc = 32 or the next power of two above C), otherwise consecutive rows
+// (tr = 32..256, so a warp reads a run of one channel's plane). Threads walk
+// their rows with a carry-propagating (n, h, w) counter: one division per
+// thread per launch, none per element, for any strides (views included).
+// Per-channel parameters are loaded and combined once per thread.
+//
+// Chunking. The number of row chunks is picked so that tiles x chunks is about
+// kTargetBlocksPerSm blocks per SM (one full wave at 8 x 256 threads per SM),
+// with at least kMinRowsPerThread rows per thread; all passes share it, so the
+// reduction passes' workspace ([2][C][chunks] of acc_t) has one size.
+//
+// Statistics (2 launches). Each thread folds its rows kUnroll at a time into a
+// Welford state (count, mean, M2): the batch of up to kUnroll values gets an
+// exact two-pass mean and M2, then joins the state with Chan's formula
+//   delta = mb - ma; n = na + nb; mean = ma + delta*nb/n; M2 = M2a + M2b + delta^2*na*nb/n,
+// which never subtracts two large sums, so var stays accurate when the mean
+// dwarfs the spread. Threads of one channel then merge through shared memory
+// and warp shuffles (same formula, fixed order), and the block writes its
+// per-channel partial (mean, M2) to the workspace; a chunk's count is its
+// length, so it is not stored. A finalize kernel (one warp per channel) merges
+// a channel's partials, lane-strided then a shuffle tree, and writes mean and
+// the biased var = M2 / M.
+//
+// Apply (1 launch): y = relu((x - mean) * weight * invstd + bias), each
+// element read and written once; (x - mean) first, so a large mean cancels
+// exactly instead of being folded into a shift.
+//
+// Backward (3 launches). A reduction pass like the statistics gathers per
+// channel Σg and Σg·(x - mean) with g = dy·[y > 0] (partials to the workspace,
+// plain sums merged in a fixed order: deterministic, no atomics); a finalize
+// writes grad_bias = Σg and grad_weight = invstd·Σg·(x - mean). An elementwise
+// pass then writes dx (training: it also needs the two sums, eval: x is not
+// read).
+//
+// Memory traffic: statistics read x once; apply reads x and writes y once;
+// backward reads dy, y, x twice (reduction, then dx; eval skips x the second
+// time) and writes dx once. Workspace traffic is 2 * C * chunks values.
+// Everything accumulates in acc_t<T> (fp32 for Half/BFloat16, double for
+// double). No vectorised loads: the strides are arbitrary.
+#ifndef CNNKERN_GPU_NS
+#define CNNKERN_GPU_NS cuda
+#endif
+
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "cnnkern/batch_norm_launch.h"
+#include "cnnkern/gpu_types.h"
+#include "cnnkern/launch.h"
+
+namespace cnnkern {
+namespace CNNKERN_GPU_NS {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarpSize = 32;
+constexpr int kWarps = kThreads / kWarpSize;
+// Bandwidth-bound kernels: at least 4 resident blocks (64 registers at most)
+// keep enough warps in flight.
+constexpr int kMinBlocksPerSm = 4;
+constexpr int kMaxChannelLanes = kWarpSize;  // channels_last: one warp spans <= 32 channels
+constexpr int kMinRowLanes = kWarpSize;      // NCHW: a warp stays within one channel
+// Rows a thread loads before combining them: independent loads in flight.
+constexpr int kUnroll = 4;
+constexpr int kWarpsPerFinalizeBlock = kWarps;
+
+// Grid sizing: one wave of full blocks, chunks of at least this many rows per
+// thread (a build may lower it; the emulation tests set 1 to get many short
+// chunks, empty threads included).
+constexpr int64_t kTargetBlocksPerSm = 8;
+#ifndef CNNKERN_BN_MIN_ROWS_PER_THREAD
+#define CNNKERN_BN_MIN_ROWS_PER_THREAD 16
+#endif
+constexpr int64_t kMinRowsPerThread = CNNKERN_BN_MIN_ROWS_PER_THREAD;
+static_assert(kMinRowsPerThread >= 1, "chunks need at least one row per thread");
+constexpr int64_t kMaxChunks = 65535;            // grid.y
+constexpr int64_t kMaxChunkRows = int64_t{1} << 30;  // per-block counts stay int
+
+static_assert(kThreads % kWarpSize == 0 && kThreads / kMaxChannelLanes >= 1, "block shape");
+
+// ---- Geometry ------------------------------------------------------------------
+
+// What every kernel of a launch sequence needs to find its rows.
+struct Grid {
+  int64_t C;
+  int64_t M;          // N*H*W rows
+  int64_t chunk_len;  // rows per chunk (the last may be shorter)
+  int64_t chunks;
+  int H, W;
+  int tc, tr;              // channel lanes x row lanes = kThreads
+  int channel_fast;        // 1: lane index t = r * tc + c (channels_last), 0: t = c * tr + r
+  int step_n, step_h, step_w;  // tr rows as (n, h, w) increments, each below its extent
+};
+
+// A thread's position in the rows of one channel, as (n, h, w).
+struct RowPos {
+  int n, h, w;
+};
+
+__device__ __forceinline__ RowPos row_pos(const Grid& g, int64_t m) {
+  const int64_t HW = static_cast<int64_t>(g.H) * g.W;
+  const int64_t n = m / HW, hw = m - n * HW;
+  const int64_t h = hw / g.W;
+  return {static_cast<int>(n), static_cast<int>(h), static_cast<int>(hw - h * g.W)};
+}
+
+// Next row of the same thread (tr rows further): add the increments with
+// carries; each component plus its increment stays below twice its extent.
+__device__ __forceinline__ void advance(const Grid& g, RowPos& p) {
+  p.w += g.step_w;
+  const int carry_w = p.w >= g.W;
+  p.w -= carry_w ? g.W : 0;
+  p.h += g.step_h + carry_w;
+  const int carry_h = p.h >= g.H;
+  p.h -= carry_h ? g.H : 0;
+  p.n += g.step_n + carry_h;
+}
+
+__device__ __forceinline__ int64_t offset(const int64_t* stride, const RowPos& p) {
+  return p.n * stride[0] + p.h * stride[2] + p.w * stride[3];
+}
+
+// This thread's channel (may be >= C in a partial tile), first row and number
+// of rows within block (blockIdx.x, chunk).
+struct ThreadRows {
+  int64_t c;
+  int lane_c;  // channel lane within the tile
+  int rows;    // 0 for lanes past C or past the chunk's end
+  RowPos first;
+};
+
+__device__ __forceinline__ ThreadRows thread_rows(const Grid& g, int64_t chunk) {
+  const int t = static_cast<int>(threadIdx.x);
+  const int lane_c = g.channel_fast ? t % g.tc : t / g.tr;
+  const int lane_r = g.channel_fast ? t / g.tc : t % g.tr;
+  ThreadRows tr{};
+  tr.lane_c = lane_c;
+  tr.c = static_cast<int64_t>(blockIdx.x) * g.tc + lane_c;
+  const int64_t m0 = chunk * g.chunk_len;
+  const int64_t left = g.M - m0;
+  const int len = static_cast<int>(left < g.chunk_len ? left : g.chunk_len);
+  tr.rows = (tr.c < g.C && len > lane_r) ? (len - lane_r - 1) / g.tr + 1 : 0;
+  tr.first = tr.rows > 0 ? row_pos(g, m0 + lane_r) : RowPos{0, 0, 0};
+  return tr;
+}
+
+template <typename T>
+__device__ __forceinline__ acc_t<T> to_acc(T v) {
+  return static_cast<acc_t<T>>(v);
+}
+
+template <typename Acc>
+__device__ __forceinline__ Acc inv_std(Acc var, Acc eps) {
+  return Acc(1) / std::sqrt(var + eps);
+}
+
+// ---- Welford / Chan --------------------------------------------------------------
+
+template <typename Acc>
+struct Welford {
+  int n;
+  Acc mean, m2;
+};
+
+// a <- a merged with (nb, mb, m2b), Chan et al.; an empty b leaves a as it is,
+// an empty a becomes b exactly.
+template <typename Acc>
+__device__ __forceinline__ void merge(Welford<Acc>& a, int nb, Acc mb, Acc m2b) {
+  if (nb == 0) return;
+  const int n = a.n + nb;
+  const Acc delta = mb - a.mean;
+  const Acc frac = static_cast<Acc>(nb) / static_cast<Acc>(n);
+  a.mean += delta * frac;
+  a.m2 += m2b + delta * delta * static_cast<Acc>(a.n) * frac;
+  a.n = n;
+}
+
+// Block-wide merges. Every thread stores its state in shared memory at its
+// thread index; after one barrier, warp 0 finishes: lane l takes channel lane
+// l % tc and folds every (32 / tc)-th row lane of it, 256 / 32 = 8 states in a
+// fixed order, then the lanes of one channel (tc apart) meet in a shuffle tree.
+// Channel lane c's result lands in thread c (threads 0..tc-1; tc <= 32 always).
+// Every thread must call them; the caller syncs before reusing them.
+__device__ __forceinline__ int smem_index(const Grid& g, int lane_c, int lane_r) {
+  return g.channel_fast ? lane_r * g.tc + lane_c : lane_c * g.tr + lane_r;  // = the thread index
+}
+
+template <typename Acc>
+__device__ __forceinline__ Welford<Acc> block_merge(const Grid& g, const Welford<Acc>& s) {
+  __shared__ int n_smem[kThreads];
+  __shared__ Acc mean_smem[kThreads];
+  __shared__ Acc m2_smem[kThreads];
+  const int t = static_cast<int>(threadIdx.x);
+  n_smem[t] = s.n;
+  mean_smem[t] = s.mean;
+  m2_smem[t] = s.m2;
+  __syncthreads();
+  Welford<Acc> out{0, Acc(0), Acc(0)};
+  if (t < kWarpSize) {
+    const int lane_c = t % g.tc, subs = kWarpSize / g.tc;
+    for (int r = t / g.tc; r < g.tr; r += subs) {
+      const int i = smem_index(g, lane_c, r);
+      merge(out, n_smem[i], mean_smem[i], m2_smem[i]);
+    }
+    for (int off = kWarpSize / 2; off >= g.tc; off /= 2) {
+      const int nb = __shfl_down_sync(0xffffffffu, out.n, off);
+      const Acc mb = __shfl_down_sync(0xffffffffu, out.mean, off);
+      const Acc m2b = __shfl_down_sync(0xffffffffu, out.m2, off);
+      if (t + off < kWarpSize) merge(out, nb, mb, m2b);  // no partner past the warp
+    }
+  }
+  return out;
+}
+
+// Same for plain sums of two values.
+template <typename Acc>
+__device__ __forceinline__ void block_sum2(const Grid& g, Acc& a, Acc& b) {
+  __shared__ Acc a_smem[kThreads];
+  __shared__ Acc b_smem[kThreads];
+  const int t = static_cast<int>(threadIdx.x);
+  a_smem[t] = a;
+  b_smem[t] = b;
+  __syncthreads();
+  a = Acc(0);
+  b = Acc(0);
+  if (t < kWarpSize) {
+    const int lane_c = t % g.tc, subs = kWarpSize / g.tc;
+    for (int r = t / g.tc; r < g.tr; r += subs) {
+      const int i = smem_index(g, lane_c, r);
+      a += a_smem[i];
+      b += b_smem[i];
+    }
+    for (int off = kWarpSize / 2; off >= g.tc; off /= 2) {
+      a += __shfl_down_sync(0xffffffffu, a, off);
+      b += __shfl_down_sync(0xffffffffu, b, off);
+    }
+  }
+}
+
+// Rows of chunk k: the last chunk may be short.
+__device__ __forceinline__ int64_t chunk_rows(const Grid& g, int64_t k) {
+  const int64_t left = g.M - k * g.chunk_len;
+  return left < g.chunk_len ? left : g.chunk_len;
+}
+
+// Lanes of a finalize warp that hold partials: min(chunks, 32) rounded up to a
+// power of two; its shuffle tree needs no level above that (none for 1 chunk).
+__device__ __forceinline__ int tree_top(const Grid& g) {
+  int top = 1;
+  while (top < g.chunks && top < kWarpSize) top *= 2;
+  return top;
+}
+
+// ---- Statistics -------------------------------------------------------------------
+
+// Block (tile, chunk): per-channel (mean, M2) of the chunk's rows into
+// workspace[0][c][chunk] and workspace[1][c][chunk].
+template <typename T>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    stats_partial_kernel(const Grid g, const BnShape s, const T* x, acc_t<T>* workspace) {
+  using Acc = acc_t<T>;
+  for (int64_t chunk = blockIdx.y; chunk < g.chunks; chunk += gridDim.y) {
+    const ThreadRows tr = thread_rows(g, chunk);
+    const T* xc = x + (tr.rows > 0 ? tr.c * s.x_stride[1] : 0);
+    RowPos p = tr.first;
+    Welford<Acc> state{0, Acc(0), Acc(0)};
+    for (int i = 0; i < tr.rows; i += kUnroll) {
+      const int b = tr.rows - i < kUnroll ? tr.rows - i : kUnroll;
+      Acc v[kUnroll];
+      CNNKERN_UNROLL
+      for (int u = 0; u < kUnroll; ++u) {
+        if (u < b) {
+          v[u] = to_acc(xc[offset(s.x_stride, p)]);
+          advance(g, p);
+        }
+      }
+      // Exact enough two-pass statistics of the batch, then one Chan merge.
+      Acc sum = Acc(0);
+      CNNKERN_UNROLL
+      for (int u = 0; u < kUnroll; ++u) sum += u < b ? v[u] : Acc(0);
+      const Acc bmean = sum / static_cast<Acc>(b);
+      Acc bm2 = Acc(0);
+      CNNKERN_UNROLL
+      for (int u = 0; u < kUnroll; ++u) {
+        const Acc d = u < b ? v[u] - bmean : Acc(0);
+        bm2 += d * d;
+      }
+      merge(state, b, bmean, bm2);
+    }
+    const Welford<Acc> block = block_merge(g, state);
+    const int64_t c = static_cast<int64_t>(blockIdx.x) * g.tc + threadIdx.x;
+    if (static_cast<int>(threadIdx.x) < g.tc && c < g.C) {
+      workspace[c * g.chunks + chunk] = block.mean;
+      workspace[(g.C + c) * g.chunks + chunk] = block.m2;
+    }
+    __syncthreads();  // the shared partials are reused by the next chunk
+  }
+}
+
+// One warp per channel: merges the channel's chunk partials (lane-strided, then
+// a shuffle tree: a fixed order) and writes mean and biased var.
+template <typename Acc>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    stats_finalize_kernel(const Grid g, const Acc* workspace, Acc* mean, Acc* var, Acc empty) {
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
+  const int64_t c =
+      static_cast<int64_t>(blockIdx.x) * kWarpsPerFinalizeBlock + static_cast<int>(threadIdx.x) / kWarpSize;
+  if (c >= g.C) return;  // whole warps leave together
+  // Counts reach M here: int64, converted to Acc only for the weights.
+  int64_t n = 0;
+  Acc m = Acc(0), m2 = Acc(0);
+  auto join = [&](int64_t nb, Acc mb, Acc m2b) {
+    if (nb == 0) return;
+    const int64_t total = n + nb;
+    const Acc delta = mb - m;
+    const Acc frac = static_cast<Acc>(nb) / static_cast<Acc>(total);
+    m += delta * frac;
+    m2 += m2b + delta * delta * static_cast<Acc>(n) * frac;
+    n = total;
+  };
+  for (int64_t k = lane; k < g.chunks; k += kWarpSize)
+    join(chunk_rows(g, k), workspace[c * g.chunks + k], workspace[(g.C + c) * g.chunks + k]);
+  for (int off = tree_top(g) / 2; off > 0; off /= 2) {
+    const int64_t nb = __shfl_down_sync(0xffffffffu, n, off);
+    const Acc mb = __shfl_down_sync(0xffffffffu, m, off);
+    const Acc m2b = __shfl_down_sync(0xffffffffu, m2, off);
+    if (lane + off < kWarpSize) join(nb, mb, m2b);
+  }
+  if (lane == 0) {
+    mean[c] = n > 0 ? m : empty;
+    var[c] = n > 0 ? m2 / static_cast<Acc>(n) : empty;
+  }
+}
+
+// ---- Apply ------------------------------------------------------------------------
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    apply_kernel(const Grid g, const BnShape s, const T* x, const acc_t<T>* mean, const acc_t<T>* var,
+                 const acc_t<T>* weight, const acc_t<T>* bias, acc_t<T> eps, T* y) {
+  using Acc = acc_t<T>;
+  for (int64_t chunk = blockIdx.y; chunk < g.chunks; chunk += gridDim.y) {
+    const ThreadRows tr = thread_rows(g, chunk);
+    if (tr.rows == 0) continue;  // no barriers here
+    const int64_t c = tr.c;
+    const Acc mu = mean[c];
+    const Acc scale = (weight ? weight[c] : Acc(1)) * inv_std(var[c], eps);
+    const Acc shift = bias ? bias[c] : Acc(0);
+    const T* xc = x + c * s.x_stride[1];
+    T* yc = y + c * s.y_stride[1];
+    RowPos p = tr.first;
+    for (int i = 0; i < tr.rows; i += kUnroll) {
+      const int b = tr.rows - i < kUnroll ? tr.rows - i : kUnroll;
+      RowPos at[kUnroll];
+      Acc v[kUnroll];
+      CNNKERN_UNROLL
+      for (int u = 0; u < kUnroll; ++u) {
+        if (u < b) {
+          at[u] = p;
+          v[u] = to_acc(xc[offset(s.x_stride, p)]);
+          advance(g, p);
+        }
+      }
+      CNNKERN_UNROLL
+      for (int u = 0; u < kUnroll; ++u) {
+        if (u < b) {
+          const Acc out = (v[u] - mu) * scale + shift;
+          yc[offset(s.y_stride, at[u])] = static_cast<T>(out > Acc(0) ? out : Acc(0));
+        }
+      }
+    }
+  }
+}
+
+// ---- Backward -----------------------------------------------------------------------
+
+// Block (tile, chunk): per-channel Σg and Σg·(x - mean) into workspace[0][c][chunk]
+// and workspace[1][c][chunk].
+template <typename T>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    backward_partial_kernel(const Grid g, const BnShape s, const T* dy, const T* y, const T* x,
+                            const acc_t<T>* mean, acc_t<T>* workspace) {
+  using Acc = acc_t<T>;
+  for (int64_t chunk = blockIdx.y; chunk < g.chunks; chunk += gridDim.y) {
+    const ThreadRows tr = thread_rows(g, chunk);
+    Acc sum_g = Acc(0), sum_gx = Acc(0);
+    if (tr.rows > 0) {
+      const int64_t c = tr.c;
+      const Acc mu = mean[c];
+      const T* dyc = dy + c * s.dy_stride[1];
+      const T* yc = y + c * s.y_stride[1];
+      const T* xc = x + c * s.x_stride[1];
+      RowPos p = tr.first;
+      for (int i = 0; i < tr.rows; i += kUnroll) {
+        const int b = tr.rows - i < kUnroll ? tr.rows - i : kUnroll;
+        Acc gv[kUnroll], xv[kUnroll];
+        CNNKERN_UNROLL
+        for (int u = 0; u < kUnroll; ++u) {
+          if (u < b) {
+            const Acc out = to_acc(yc[offset(s.y_stride, p)]);
+            gv[u] = out > Acc(0) ? to_acc(dyc[offset(s.dy_stride, p)]) : Acc(0);
+            xv[u] = to_acc(xc[offset(s.x_stride, p)]);
+            advance(g, p);
+          }
+        }
+        CNNKERN_UNROLL
+        for (int u = 0; u < kUnroll; ++u) {
+          if (u < b) {
+            sum_g += gv[u];
+            sum_gx += gv[u] * (xv[u] - mu);
+          }
+        }
+      }
+    }
+    block_sum2(g, sum_g, sum_gx);
+    const int64_t c = static_cast<int64_t>(blockIdx.x) * g.tc + threadIdx.x;
+    if (static_cast<int>(threadIdx.x) < g.tc && c < g.C) {
+      workspace[c * g.chunks + chunk] = sum_g;
+      workspace[(g.C + c) * g.chunks + chunk] = sum_gx;
+    }
+    __syncthreads();  // the shared partials are reused by the next chunk
+  }
+}
+
+// One warp per channel, fixed summation order: grad_bias = Σg,
+// grad_weight = invstd · Σg·(x - mean).
+template <typename Acc>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    backward_finalize_kernel(const Grid g, const Acc* workspace, const Acc* var, Acc eps, Acc* grad_weight,
+                             Acc* grad_bias) {
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
+  const int64_t c =
+      static_cast<int64_t>(blockIdx.x) * kWarpsPerFinalizeBlock + static_cast<int>(threadIdx.x) / kWarpSize;
+  if (c >= g.C) return;  // whole warps leave together
+  Acc sum_g = Acc(0), sum_gx = Acc(0);
+  for (int64_t k = lane; k < g.chunks; k += kWarpSize) {
+    sum_g += workspace[c * g.chunks + k];
+    sum_gx += workspace[(g.C + c) * g.chunks + k];
+  }
+  for (int off = tree_top(g) / 2; off > 0; off /= 2) {
+    sum_g += __shfl_down_sync(0xffffffffu, sum_g, off);
+    sum_gx += __shfl_down_sync(0xffffffffu, sum_gx, off);
+  }
+  if (lane == 0) {
+    grad_bias[c] = sum_g;
+    grad_weight[c] = sum_gx * inv_std(var[c], eps);
+  }
+}
+
+// dx = weight·invstd·(g - Σg/M - xhat·Σ(g·xhat)/M)  (training),  weight·invstd·g  (eval).
+template <typename T>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    backward_dx_kernel(const Grid g, const BnShape s, const T* dy, const T* y, const T* x,
+                       const acc_t<T>* mean, const acc_t<T>* var, const acc_t<T>* weight, acc_t<T> eps,
+                       int training, const acc_t<T>* grad_weight, const acc_t<T>* grad_bias, T* dx) {
+  using Acc = acc_t<T>;
+  for (int64_t chunk = blockIdx.y; chunk < g.chunks; chunk += gridDim.y) {
+    const ThreadRows tr = thread_rows(g, chunk);
+    if (tr.rows == 0) continue;  // no barriers here
+    const int64_t c = tr.c;
+    const Acc invstd = inv_std(var[c], eps);
+    const Acc scale = (weight ? weight[c] : Acc(1)) * invstd;
+    const Acc mu = mean[c];
+    const Acc inv_m = Acc(1) / static_cast<Acc>(g.M);
+    // training: dx = scale·(g - mean_g - (x - mu)·k), k = invstd² · Σg(x-mu)/M
+    const Acc mean_g = training ? grad_bias[c] * inv_m : Acc(0);
+    const Acc k = training ? grad_weight[c] * invstd * inv_m : Acc(0);
+    const T* dyc = dy + c * s.dy_stride[1];
+    const T* yc = y + c * s.y_stride[1];
+    const T* xc = x + c * s.x_stride[1];
+    T* dxc = dx + c * s.y_stride[1];
+    RowPos p = tr.first;
+    for (int i = 0; i < tr.rows; i += kUnroll) {
+      const int b = tr.rows - i < kUnroll ? tr.rows - i : kUnroll;
+      RowPos at[kUnroll];
+      Acc gv[kUnroll], xv[kUnroll];
+      CNNKERN_UNROLL
+      for (int u = 0; u < kUnroll; ++u) {
+        if (u < b) {
+          at[u] = p;
+          const Acc out = to_acc(yc[offset(s.y_stride, p)]);
+          gv[u] = out > Acc(0) ? to_acc(dyc[offset(s.dy_stride, p)]) : Acc(0);
+          xv[u] = training ? to_acc(xc[offset(s.x_stride, p)]) : mu;
+          advance(g, p);
+        }
+      }
+      CNNKERN_UNROLL
+      for (int u = 0; u < kUnroll; ++u) {
+        if (u < b) {
+          const Acc d = gv[u] - mean_g - (xv[u] - mu) * k;
+          dxc[offset(s.y_stride, at[u])] = static_cast<T>(scale * d);
+        }
+      }
+    }
+  }
+}
+
+// ---- Launch helpers ------------------------------------------------------------------
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+int pow2_at_least(int64_t v) {
+  int p = 1;
+  while (p < v && p < kThreads) p *= 2;
+  return p;
+}
+
+// Smallest |stride| among the row dimensions that have more than one position.
+int64_t row_stride(const BnShape& s) {
+  int64_t best = INT64_MAX;
+  const int64_t extent[3] = {s.N, s.H, s.W};
+  const int64_t stride[3] = {s.x_stride[0], s.x_stride[2], s.x_stride[3]};
+  for (int i = 0; i < 3; ++i) {
+    const int64_t a = stride[i] < 0 ? -stride[i] : stride[i];
+    if (extent[i] > 1 && a < best) best = a;
+  }
+  return best;
+}
+
+void check_extent(int64_t v, const char* what) {
+  if (v < 0 || v > INT_MAX)
+    throw std::invalid_argument(std::string("cnnkern batch_norm_relu (GPU): ") + what + " = " +
+                                std::to_string(v) + " is too large for the kernels");
+}
+
+// The one grid every pass of a shape uses.
+Grid make_grid(const BnShape& s) {
+  check_extent(s.N, "N");
+  check_extent(s.H, "H");
+  check_extent(s.W, "W");
+  Grid g{};
+  g.C = s.C;
+  g.M = s.N * s.H * s.W;
+  g.H = static_cast<int>(s.H);
+  g.W = static_cast<int>(s.W);
+  const int64_t cs = s.x_stride[1] < 0 ? -s.x_stride[1] : s.x_stride[1];
+  g.channel_fast = s.C > 1 && cs < row_stride(s);
+  if (g.channel_fast) {
+    g.tc = pow2_at_least(s.C < kMaxChannelLanes ? s.C : kMaxChannelLanes);
+    g.tr = kThreads / g.tc;
+  } else {
+    g.tr = pow2_at_least(g.M < kMinRowLanes ? kMinRowLanes : g.M);
+    g.tc = kThreads / g.tr;
+  }
+  if (g.C == 0 || g.M == 0) return g;  // chunks = 0: nothing to reduce
+
+  const int64_t tiles = ceil_div(g.C, g.tc);
+  if (tiles > INT_MAX) throw std::invalid_argument("cnnkern batch_norm_relu (GPU): too many channels");
+  int64_t chunks = ceil_div(kTargetBlocksPerSm * multiprocessor_count(), tiles);
+  const int64_t by_length = g.M / (g.tr * kMinRowsPerThread);  // chunks of at least the minimum
+  if (chunks > by_length) chunks = by_length;
+  if (chunks > kMaxChunks) chunks = kMaxChunks;
+  if (chunks < ceil_div(g.M, kMaxChunkRows)) chunks = ceil_div(g.M, kMaxChunkRows);
+  if (chunks < 1) chunks = 1;
+  g.chunk_len = ceil_div(g.M, chunks);
+  g.chunks = ceil_div(g.M, g.chunk_len);  // no empty chunk
+
+  const int64_t HW = s.H * s.W;
+  g.step_n = static_cast<int>(g.tr / HW);  // tr <= 256: fits
+  g.step_h = static_cast<int>(g.tr % HW / s.W);
+  g.step_w = static_cast<int>(g.tr % s.W);
+  return g;
+}
+
+dim3 reduce_grid(const Grid& g) {
+  // More chunks than grid.y allows are walked by the kernels' chunk loop.
+  const int64_t y = g.chunks < kMaxChunks ? g.chunks : kMaxChunks;
+  return dim3(static_cast<unsigned>(ceil_div(g.C, g.tc)), static_cast<unsigned>(y));
+}
+
+dim3 finalize_grid(const Grid& g) {
+  return dim3(static_cast<unsigned>(ceil_div(g.C, kWarpsPerFinalizeBlock)));
+}
+
+int64_t workspace_elements(const Grid& g) { return 2 * g.C * g.chunks; }
+
+}  // namespace
+
+int64_t batch_norm_stats_workspace(const BnShape& s) { return workspace_elements(make_grid(s)); }
+
+int64_t batch_norm_backward_workspace(const BnShape& s) { return workspace_elements(make_grid(s)); }
+
+template <typename T>
+void batch_norm_stats(const BnShape& s, const T* x, acc_t<T>* mean, acc_t<T>* var, acc_t<T>* workspace,
+                      gpu_stream_t stream) {
+  using Acc = acc_t<T>;
+  const Grid g = make_grid(s);
+  if (g.C == 0) return;
+  if (g.chunks > 0) launch_kernel(stats_partial_kernel<T>, reduce_grid(g), dim3(kThreads), 0, stream, g, s, x, workspace);
+  // No rows: the statistics are undefined (NaN), as torch reports them.
+  launch_kernel(stats_finalize_kernel<Acc>, finalize_grid(g), dim3(kThreads), 0, stream, g,
+                static_cast<const Acc*>(workspace), mean, var, std::numeric_limits<Acc>::quiet_NaN());
+}
+
+template <typename T>
+void batch_norm_relu_apply(const BnShape& s, const T* x, const acc_t<T>* mean, const acc_t<T>* var,
+                           const acc_t<T>* weight, const acc_t<T>* bias, double eps, T* y, gpu_stream_t stream) {
+  using Acc = acc_t<T>;
+  const Grid g = make_grid(s);
+  if (g.chunks == 0) return;
+  launch_kernel(apply_kernel<T>, reduce_grid(g), dim3(kThreads), 0, stream, g, s, x, mean, var, weight, bias,
+                static_cast<Acc>(eps), y);
+}
+
+template <typename T>
+void batch_norm_relu_backward(const BnShape& s, const T* dy, const T* y, const T* x, const acc_t<T>* mean,
+                              const acc_t<T>* var, const acc_t<T>* weight, double eps, bool training, T* dx,
+                              acc_t<T>* grad_weight, acc_t<T>* grad_bias, acc_t<T>* workspace,
+                              gpu_stream_t stream) {
+  using Acc = acc_t<T>;
+  const Grid g = make_grid(s);
+  if (g.C == 0) return;
+  const Acc e = static_cast<Acc>(eps);
+  if (g.chunks > 0)
+    launch_kernel(backward_partial_kernel<T>, reduce_grid(g), dim3(kThreads), 0, stream, g, s, dy, y, x, mean,
+                  workspace);
+  // With no rows the gradients are zero sums.
+  launch_kernel(backward_finalize_kernel<Acc>, finalize_grid(g), dim3(kThreads), 0, stream, g,
+                static_cast<const Acc*>(workspace), var, e, grad_weight, grad_bias);
+  if (g.chunks == 0) return;
+  launch_kernel(backward_dx_kernel<T>, reduce_grid(g), dim3(kThreads), 0, stream, g, s, dy, y, x, mean, var,
+                weight, e, training ? 1 : 0, static_cast<const Acc*>(grad_weight),
+                static_cast<const Acc*>(grad_bias), dx);
+}
+
+#define CNNKERN_INSTANTIATE_BATCH_NORM(T)                                                                     \
+  template void batch_norm_stats<T>(const BnShape&, const T*, acc_t<T>*, acc_t<T>*, acc_t<T>*, gpu_stream_t); \
+  template void batch_norm_relu_apply<T>(const BnShape&, const T*, const acc_t<T>*, const acc_t<T>*,          \
+                                         const acc_t<T>*, const acc_t<T>*, double, T*, gpu_stream_t);         \
+  template void batch_norm_relu_backward<T>(const BnShape&, const T*, const T*, const T*, const acc_t<T>*,    \
+                                            const acc_t<T>*, const acc_t<T>*, double, bool, T*, acc_t<T>*,    \
+                                            acc_t<T>*, acc_t<T>*, gpu_stream_t);
+
+CNNKERN_INSTANTIATE_BATCH_NORM(float)
+CNNKERN_INSTANTIATE_BATCH_NORM(double)
+CNNKERN_INSTANTIATE_BATCH_NORM(c10::Half)
+CNNKERN_INSTANTIATE_BATCH_NORM(c10::BFloat16)
+#undef CNNKERN_INSTANTIATE_BATCH_NORM
+
+}  // namespace CNNKERN_GPU_NS
+}  // namespace cnnkern
