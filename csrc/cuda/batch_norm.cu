@@ -1,23 +1,24 @@
 // Fused BatchNorm2d + ReLU on CUDA cores: batch statistics, the fused
 // normalise-affine-ReLU pass, and its backward.
 //
-// Work split. Every kernel but the two finalizes runs on one grid: blockIdx.x
-// picks a tile of channels, blockIdx.y a chunk of the M = N*H*W rows (a row is
-// one (n, h, w) position). A block of 256 threads is tc channel lanes x tr row
-// lanes (tc * tr = 256, tc a power of two); a thread owns one channel and the
-// rows r, r + tr, r + 2 tr, ... of its block's chunk. Which lane index runs
-// fastest across a warp follows x's layout: for channels_last (the channel
-// stride is the smallest) consecutive threads take consecutive channels
-// (tc = 32 or the next power of two above C), otherwise consecutive rows
-// (tr = 32..256, so a warp reads a run of one channel's plane). Threads walk
-// their rows with a carry-propagating (n, h, w) counter: one division per
-// thread per launch, none per element, for any strides (views included).
-// Per-channel parameters are loaded and combined once per thread.
+// Work split. Every kernel but the two finalizes runs on a 2-D grid:
+// blockIdx.x picks a tile of channels, blockIdx.y a chunk of the M = N*H*W
+// rows (a row is one (n, h, w) position). A block of 256 threads is tc channel
+// lanes x tr row lanes (tc * tr = 256, tc a power of two); a thread owns one
+// channel and the rows r, r + tr, r + 2 tr, ... of its block's chunk. Which
+// lane index runs fastest across a warp follows x's layout: for channels_last
+// (the channel stride is the smallest) consecutive threads take consecutive
+// channels (tc = 32, or the power of two at or above a smaller C), otherwise
+// consecutive rows (tr = 32..256, so a warp reads a run of one channel's
+// plane). Threads walk their rows with a carry-propagating (n, h, w) counter:
+// one division per thread per chunk, none per element, for any strides (views
+// included). Per-channel parameters are loaded and combined once per thread,
+// and loads are issued kUnroll rows at a time.
 //
-// Chunking. The number of row chunks is picked so that tiles x chunks is about
-// kTargetBlocksPerSm blocks per SM (one full wave at 8 x 256 threads per SM),
-// with at least kMinRowsPerThread rows per thread; all passes share it, so the
-// reduction passes' workspace ([2][C][chunks] of acc_t) has one size.
+// Chunking. Reductions: enough row chunks that tiles x chunks is one wave of
+// kReduceBlocksPerSm resident blocks per SM, each chunk at least
+// kMinRowsPerThread rows per thread. Elementwise passes: chunks of
+// kElementwiseRowsPerThread rows per thread, as many blocks as that takes.
 //
 // Statistics (2 launches). Each thread folds its rows kUnroll at a time into a
 // Welford state (count, mean, M2): the batch of up to kUnroll values gets an
@@ -26,10 +27,10 @@
 // which never subtracts two large sums, so var stays accurate when the mean
 // dwarfs the spread. Threads of one channel then merge through shared memory
 // and warp shuffles (same formula, fixed order), and the block writes its
-// per-channel partial (mean, M2) to the workspace; a chunk's count is its
-// length, so it is not stored. A finalize kernel (one warp per channel) merges
-// a channel's partials, lane-strided then a shuffle tree, and writes mean and
-// the biased var = M2 / M.
+// per-channel partial (mean, M2) to the workspace ([2][C][chunks] of acc_t);
+// a chunk's count is its length, so it is not stored. A finalize kernel (one
+// warp per channel) merges a channel's partials, lane-strided then a shuffle
+// tree, with int64 counts, and writes mean and the biased var = M2 / M.
 //
 // Apply (1 launch): y = relu((x - mean) * weight * invstd + bias), each
 // element read and written once; (x - mean) first, so a large mean cancels
@@ -39,12 +40,11 @@
 // channel Σg and Σg·(x - mean) with g = dy·[y > 0] (partials to the workspace,
 // plain sums merged in a fixed order: deterministic, no atomics); a finalize
 // writes grad_bias = Σg and grad_weight = invstd·Σg·(x - mean). An elementwise
-// pass then writes dx (training: it also needs the two sums, eval: x is not
-// read).
+// pass then writes dx (training also uses the two sums; eval does not read x).
 //
 // Memory traffic: statistics read x once; apply reads x and writes y once;
-// backward reads dy, y, x twice (reduction, then dx; eval skips x the second
-// time) and writes dx once. Workspace traffic is 2 * C * chunks values.
+// backward reads dy, y and x twice (reduction, then dx; eval skips x the
+// second time) and writes dx once. The workspace adds 2 * C * chunks values.
 // Everything accumulates in acc_t<T> (fp32 for Half/BFloat16, double for
 // double). No vectorised loads: the strides are arbitrary.
 #ifndef CNNKERN_GPU_NS
@@ -69,32 +69,48 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarpSize = 32;
 constexpr int kWarps = kThreads / kWarpSize;
-// Bandwidth-bound kernels: at least 4 resident blocks (64 registers at most)
-// keep enough warps in flight.
-constexpr int kMinBlocksPerSm = 4;
 constexpr int kMaxChannelLanes = kWarpSize;  // channels_last: one warp spans <= 32 channels
 constexpr int kMinRowLanes = kWarpSize;      // NCHW: a warp stays within one channel
 // Rows a thread loads before combining them: independent loads in flight.
 constexpr int kUnroll = 4;
 constexpr int kWarpsPerFinalizeBlock = kWarps;
 
-// Grid sizing: one wave of full blocks, chunks of at least this many rows per
-// thread (a build may lower it; the emulation tests set 1 to get many short
-// chunks, empty threads included).
-constexpr int64_t kTargetBlocksPerSm = 8;
+// Residency. The row-chunk reductions are sized to exactly one wave of
+// kReduceBlocksPerSm blocks per SM, which __launch_bounds__ guarantees: 6 for
+// the fp32-accumulating types (40 registers, which they fit without spilling),
+// 4 for double (its divisions need more). The elementwise passes and the
+// finalizes only promise 4 (64 registers): they are not sized to one wave.
+template <typename Acc>
+constexpr int kReduceBlocksPerSm = sizeof(Acc) == 8 ? 4 : 6;
+constexpr int kMaxReduceBlocksPerSm = 6;  // sizes the workspace for every type
+constexpr int kMinBlocksPerSm = 4;
+
+// Chunking. Reductions: at least kMinRowsPerThread rows per thread (a build may
+// lower it; the emulation tests set 1 to get many short chunks, empty threads
+// included). Elementwise passes: kElementwiseRowsPerThread rows per thread,
+// as many blocks as that takes, so they run at the occupancy the registers
+// allow and the hardware balances the tail.
 #ifndef CNNKERN_BN_MIN_ROWS_PER_THREAD
 #define CNNKERN_BN_MIN_ROWS_PER_THREAD 16
 #endif
 constexpr int64_t kMinRowsPerThread = CNNKERN_BN_MIN_ROWS_PER_THREAD;
 static_assert(kMinRowsPerThread >= 1, "chunks need at least one row per thread");
-constexpr int64_t kMaxChunks = 65535;            // grid.y
+constexpr int64_t kElementwiseRowsPerThread = 4 * kUnroll;
+constexpr int64_t kMaxChunks = 65535;                // of a reduction
 constexpr int64_t kMaxChunkRows = int64_t{1} << 30;  // per-block counts stay int
+// Chunks beyond grid.y are looped over by the blocks (the emulation tests set
+// a tiny limit to exercise that loop).
+#ifndef CNNKERN_BN_MAX_GRID_Y
+#define CNNKERN_BN_MAX_GRID_Y 65535
+#endif
+constexpr int64_t kMaxGridY = CNNKERN_BN_MAX_GRID_Y;
+static_assert(kMaxGridY >= 1 && kMaxGridY <= 65535, "grid.y limit");
 
 static_assert(kThreads % kWarpSize == 0 && kThreads / kMaxChannelLanes >= 1, "block shape");
 
 // ---- Geometry ------------------------------------------------------------------
 
-// What every kernel of a launch sequence needs to find its rows.
+// What a kernel needs to find its rows (one pass's tiling and chunking).
 struct Grid {
   int64_t C;
   int64_t M;          // N*H*W rows
@@ -138,8 +154,7 @@ __device__ __forceinline__ int64_t offset(const int64_t* stride, const RowPos& p
 // of rows within block (blockIdx.x, chunk).
 struct ThreadRows {
   int64_t c;
-  int lane_c;  // channel lane within the tile
-  int rows;    // 0 for lanes past C or past the chunk's end
+  int rows;  // 0 for lanes past C or past the chunk's end
   RowPos first;
 };
 
@@ -148,7 +163,6 @@ __device__ __forceinline__ ThreadRows thread_rows(const Grid& g, int64_t chunk) 
   const int lane_c = g.channel_fast ? t % g.tc : t / g.tr;
   const int lane_r = g.channel_fast ? t / g.tc : t % g.tr;
   ThreadRows tr{};
-  tr.lane_c = lane_c;
   tr.c = static_cast<int64_t>(blockIdx.x) * g.tc + lane_c;
   const int64_t m0 = chunk * g.chunk_len;
   const int64_t left = g.M - m0;
@@ -270,7 +284,7 @@ __device__ __forceinline__ int tree_top(const Grid& g) {
 // Block (tile, chunk): per-channel (mean, M2) of the chunk's rows into
 // workspace[0][c][chunk] and workspace[1][c][chunk].
 template <typename T>
-__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+__global__ void __launch_bounds__(kThreads, kReduceBlocksPerSm<acc_t<T>>)
     stats_partial_kernel(const Grid g, const BnShape s, const T* x, acc_t<T>* workspace) {
   using Acc = acc_t<T>;
   for (int64_t chunk = blockIdx.y; chunk < g.chunks; chunk += gridDim.y) {
@@ -362,24 +376,25 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     const Acc shift = bias ? bias[c] : Acc(0);
     const T* xc = x + c * s.x_stride[1];
     T* yc = y + c * s.y_stride[1];
-    RowPos p = tr.first;
+    // Two walkers over the same rows: loads run kUnroll ahead of the stores
+    // (cheaper in registers than keeping kUnroll positions).
+    RowPos load = tr.first, store = tr.first;
     for (int i = 0; i < tr.rows; i += kUnroll) {
       const int b = tr.rows - i < kUnroll ? tr.rows - i : kUnroll;
-      RowPos at[kUnroll];
       Acc v[kUnroll];
       CNNKERN_UNROLL
       for (int u = 0; u < kUnroll; ++u) {
         if (u < b) {
-          at[u] = p;
-          v[u] = to_acc(xc[offset(s.x_stride, p)]);
-          advance(g, p);
+          v[u] = to_acc(xc[offset(s.x_stride, load)]);
+          advance(g, load);
         }
       }
       CNNKERN_UNROLL
       for (int u = 0; u < kUnroll; ++u) {
         if (u < b) {
           const Acc out = (v[u] - mu) * scale + shift;
-          yc[offset(s.y_stride, at[u])] = static_cast<T>(out > Acc(0) ? out : Acc(0));
+          yc[offset(s.y_stride, store)] = static_cast<T>(out > Acc(0) ? out : Acc(0));
+          advance(g, store);
         }
       }
     }
@@ -391,7 +406,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
 // Block (tile, chunk): per-channel Σg and Σg·(x - mean) into workspace[0][c][chunk]
 // and workspace[1][c][chunk].
 template <typename T>
-__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+__global__ void __launch_bounds__(kThreads, kReduceBlocksPerSm<acc_t<T>>)
     backward_partial_kernel(const Grid g, const BnShape s, const T* dy, const T* y, const T* x,
                             const acc_t<T>* mean, acc_t<T>* workspace) {
   using Acc = acc_t<T>;
@@ -412,7 +427,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
         for (int u = 0; u < kUnroll; ++u) {
           if (u < b) {
             const Acc out = to_acc(yc[offset(s.y_stride, p)]);
-            gv[u] = out > Acc(0) ? to_acc(dyc[offset(s.dy_stride, p)]) : Acc(0);
+            const Acc grad = to_acc(dyc[offset(s.dy_stride, p)]);  // unconditional: see backward_dx_kernel
+            gv[u] = out > Acc(0) ? grad : Acc(0);
             xv[u] = to_acc(xc[offset(s.x_stride, p)]);
             advance(g, p);
           }
@@ -462,11 +478,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
 }
 
 // dx = weight·invstd·(g - Σg/M - xhat·Σ(g·xhat)/M)  (training),  weight·invstd·g  (eval).
-template <typename T>
+// Eval (kTraining false) does not read x.
+template <typename T, bool kTraining>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     backward_dx_kernel(const Grid g, const BnShape s, const T* dy, const T* y, const T* x,
                        const acc_t<T>* mean, const acc_t<T>* var, const acc_t<T>* weight, acc_t<T> eps,
-                       int training, const acc_t<T>* grad_weight, const acc_t<T>* grad_bias, T* dx) {
+                       const acc_t<T>* grad_weight, const acc_t<T>* grad_bias, T* dx) {
   using Acc = acc_t<T>;
   for (int64_t chunk = blockIdx.y; chunk < g.chunks; chunk += gridDim.y) {
     const ThreadRows tr = thread_rows(g, chunk);
@@ -477,32 +494,34 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     const Acc mu = mean[c];
     const Acc inv_m = Acc(1) / static_cast<Acc>(g.M);
     // training: dx = scale·(g - mean_g - (x - mu)·k), k = invstd² · Σg(x-mu)/M
-    const Acc mean_g = training ? grad_bias[c] * inv_m : Acc(0);
-    const Acc k = training ? grad_weight[c] * invstd * inv_m : Acc(0);
+    const Acc mean_g = kTraining ? grad_bias[c] * inv_m : Acc(0);
+    const Acc k = kTraining ? grad_weight[c] * invstd * inv_m : Acc(0);
     const T* dyc = dy + c * s.dy_stride[1];
     const T* yc = y + c * s.y_stride[1];
     const T* xc = x + c * s.x_stride[1];
     T* dxc = dx + c * s.y_stride[1];
-    RowPos p = tr.first;
+    RowPos load = tr.first, store = tr.first;  // as in apply_kernel
     for (int i = 0; i < tr.rows; i += kUnroll) {
       const int b = tr.rows - i < kUnroll ? tr.rows - i : kUnroll;
-      RowPos at[kUnroll];
       Acc gv[kUnroll], xv[kUnroll];
       CNNKERN_UNROLL
       for (int u = 0; u < kUnroll; ++u) {
         if (u < b) {
-          at[u] = p;
-          const Acc out = to_acc(yc[offset(s.y_stride, p)]);
-          gv[u] = out > Acc(0) ? to_acc(dyc[offset(s.dy_stride, p)]) : Acc(0);
-          xv[u] = training ? to_acc(xc[offset(s.x_stride, p)]) : mu;
-          advance(g, p);
+          // dy is read whatever y is: both loads issue at once, and the DRAM
+          // sectors are fetched anyway unless whole runs of y are zero.
+          const Acc out = to_acc(yc[offset(s.y_stride, load)]);
+          const Acc grad = to_acc(dyc[offset(s.dy_stride, load)]);
+          gv[u] = out > Acc(0) ? grad : Acc(0);
+          xv[u] = kTraining ? to_acc(xc[offset(s.x_stride, load)]) : mu;
+          advance(g, load);
         }
       }
       CNNKERN_UNROLL
       for (int u = 0; u < kUnroll; ++u) {
         if (u < b) {
           const Acc d = gv[u] - mean_g - (xv[u] - mu) * k;
-          dxc[offset(s.y_stride, at[u])] = static_cast<T>(scale * d);
+          dxc[offset(s.y_stride, store)] = static_cast<T>(scale * d);
+          advance(g, store);
         }
       }
     }
@@ -537,8 +556,11 @@ void check_extent(int64_t v, const char* what) {
                                 std::to_string(v) + " is too large for the kernels");
 }
 
-// The one grid every pass of a shape uses.
-Grid make_grid(const BnShape& s) {
+// The grid of one pass: blocks_per_sm > 0 sizes a reduction (one wave of that
+// many blocks per SM, chunks no shorter than kMinRowsPerThread rows per thread),
+// 0 an elementwise pass (kElementwiseRowsPerThread rows per thread). Tiles and
+// the lane layout depend on the shape alone, so every pass agrees on them.
+Grid make_grid(const BnShape& s, int64_t blocks_per_sm) {
   check_extent(s.N, "N");
   check_extent(s.H, "H");
   check_extent(s.W, "W");
@@ -556,14 +578,19 @@ Grid make_grid(const BnShape& s) {
     g.tr = pow2_at_least(g.M < kMinRowLanes ? kMinRowLanes : g.M);
     g.tc = kThreads / g.tr;
   }
-  if (g.C == 0 || g.M == 0) return g;  // chunks = 0: nothing to reduce
+  if (g.C == 0 || g.M == 0) return g;  // chunks = 0: nothing to do
 
   const int64_t tiles = ceil_div(g.C, g.tc);
   if (tiles > INT_MAX) throw std::invalid_argument("cnnkern batch_norm_relu (GPU): too many channels");
-  int64_t chunks = ceil_div(kTargetBlocksPerSm * multiprocessor_count(), tiles);
-  const int64_t by_length = g.M / (g.tr * kMinRowsPerThread);  // chunks of at least the minimum
-  if (chunks > by_length) chunks = by_length;
-  if (chunks > kMaxChunks) chunks = kMaxChunks;
+  int64_t chunks;
+  if (blocks_per_sm > 0) {
+    chunks = ceil_div(blocks_per_sm * multiprocessor_count(), tiles);
+    const int64_t by_length = g.M / (g.tr * kMinRowsPerThread);  // chunks of at least the minimum
+    if (chunks > by_length) chunks = by_length;
+    if (chunks > kMaxChunks) chunks = kMaxChunks;
+  } else {
+    chunks = ceil_div(g.M, g.tr * kElementwiseRowsPerThread);
+  }
   if (chunks < ceil_div(g.M, kMaxChunkRows)) chunks = ceil_div(g.M, kMaxChunkRows);
   if (chunks < 1) chunks = 1;
   g.chunk_len = ceil_div(g.M, chunks);
@@ -576,9 +603,16 @@ Grid make_grid(const BnShape& s) {
   return g;
 }
 
-dim3 reduce_grid(const Grid& g) {
+template <typename T>
+Grid reduce_plan(const BnShape& s) {
+  return make_grid(s, kReduceBlocksPerSm<acc_t<T>>);
+}
+
+Grid elementwise_plan(const BnShape& s) { return make_grid(s, 0); }
+
+dim3 block_grid(const Grid& g) {
   // More chunks than grid.y allows are walked by the kernels' chunk loop.
-  const int64_t y = g.chunks < kMaxChunks ? g.chunks : kMaxChunks;
+  const int64_t y = g.chunks < kMaxGridY ? g.chunks : kMaxGridY;
   return dim3(static_cast<unsigned>(ceil_div(g.C, g.tc)), static_cast<unsigned>(y));
 }
 
@@ -586,21 +620,27 @@ dim3 finalize_grid(const Grid& g) {
   return dim3(static_cast<unsigned>(ceil_div(g.C, kWarpsPerFinalizeBlock)));
 }
 
-int64_t workspace_elements(const Grid& g) { return 2 * g.C * g.chunks; }
+// The most chunks any type's reduction uses (chunks grow with blocks_per_sm);
+// each type indexes the workspace by its own chunk count.
+int64_t workspace_elements(const BnShape& s) {
+  const Grid g = make_grid(s, kMaxReduceBlocksPerSm);
+  return 2 * g.C * g.chunks;
+}
 
 }  // namespace
 
-int64_t batch_norm_stats_workspace(const BnShape& s) { return workspace_elements(make_grid(s)); }
+int64_t batch_norm_stats_workspace(const BnShape& s) { return workspace_elements(s); }
 
-int64_t batch_norm_backward_workspace(const BnShape& s) { return workspace_elements(make_grid(s)); }
+int64_t batch_norm_backward_workspace(const BnShape& s) { return workspace_elements(s); }
 
 template <typename T>
 void batch_norm_stats(const BnShape& s, const T* x, acc_t<T>* mean, acc_t<T>* var, acc_t<T>* workspace,
                       gpu_stream_t stream) {
   using Acc = acc_t<T>;
-  const Grid g = make_grid(s);
+  const Grid g = reduce_plan<T>(s);
   if (g.C == 0) return;
-  if (g.chunks > 0) launch_kernel(stats_partial_kernel<T>, reduce_grid(g), dim3(kThreads), 0, stream, g, s, x, workspace);
+  if (g.chunks > 0)
+    launch_kernel(stats_partial_kernel<T>, block_grid(g), dim3(kThreads), 0, stream, g, s, x, workspace);
   // No rows: the statistics are undefined (NaN), as torch reports them.
   launch_kernel(stats_finalize_kernel<Acc>, finalize_grid(g), dim3(kThreads), 0, stream, g,
                 static_cast<const Acc*>(workspace), mean, var, std::numeric_limits<Acc>::quiet_NaN());
@@ -610,9 +650,9 @@ template <typename T>
 void batch_norm_relu_apply(const BnShape& s, const T* x, const acc_t<T>* mean, const acc_t<T>* var,
                            const acc_t<T>* weight, const acc_t<T>* bias, double eps, T* y, gpu_stream_t stream) {
   using Acc = acc_t<T>;
-  const Grid g = make_grid(s);
+  const Grid g = elementwise_plan(s);
   if (g.chunks == 0) return;
-  launch_kernel(apply_kernel<T>, reduce_grid(g), dim3(kThreads), 0, stream, g, s, x, mean, var, weight, bias,
+  launch_kernel(apply_kernel<T>, block_grid(g), dim3(kThreads), 0, stream, g, s, x, mean, var, weight, bias,
                 static_cast<Acc>(eps), y);
 }
 
@@ -622,19 +662,20 @@ void batch_norm_relu_backward(const BnShape& s, const T* dy, const T* y, const T
                               acc_t<T>* grad_weight, acc_t<T>* grad_bias, acc_t<T>* workspace,
                               gpu_stream_t stream) {
   using Acc = acc_t<T>;
-  const Grid g = make_grid(s);
+  const Grid g = reduce_plan<T>(s);
   if (g.C == 0) return;
   const Acc e = static_cast<Acc>(eps);
   if (g.chunks > 0)
-    launch_kernel(backward_partial_kernel<T>, reduce_grid(g), dim3(kThreads), 0, stream, g, s, dy, y, x, mean,
+    launch_kernel(backward_partial_kernel<T>, block_grid(g), dim3(kThreads), 0, stream, g, s, dy, y, x, mean,
                   workspace);
   // With no rows the gradients are zero sums.
   launch_kernel(backward_finalize_kernel<Acc>, finalize_grid(g), dim3(kThreads), 0, stream, g,
                 static_cast<const Acc*>(workspace), var, e, grad_weight, grad_bias);
-  if (g.chunks == 0) return;
-  launch_kernel(backward_dx_kernel<T>, reduce_grid(g), dim3(kThreads), 0, stream, g, s, dy, y, x, mean, var,
-                weight, e, training ? 1 : 0, static_cast<const Acc*>(grad_weight),
-                static_cast<const Acc*>(grad_bias), dx);
+  const Grid ge = elementwise_plan(s);
+  if (ge.chunks == 0) return;
+  launch_kernel(training ? backward_dx_kernel<T, true> : backward_dx_kernel<T, false>, block_grid(ge),
+                dim3(kThreads), 0, stream, ge, s, dy, y, x, mean, var, weight, e,
+                static_cast<const Acc*>(grad_weight), static_cast<const Acc*>(grad_bias), dx);
 }
 
 #define CNNKERN_INSTANTIATE_BATCH_NORM(T)                                                                     \

@@ -5,8 +5,9 @@
 # extensions as C++17 up to 2.11, C++20 from 2.12) and, for each, twice: as
 # shipped, and with CNNKERN_BN_MIN_ROWS_PER_THREAD=1, which cuts even small
 # shapes into many short row chunks (threads with no rows included) to stress
-# the partial merges (float and double only there: the merges run in the
-# accumulator type). No GPU, no torch build: only the c10 headers of an
+# the partial merges, and CNNKERN_BN_MAX_GRID_Y=3, which makes the blocks loop
+# over the chunks past grid.y (float and double only there: the merges run in
+# the accumulator type). No GPU, no torch build: only the c10 headers of an
 # installed torch are needed.
 #   tests/csrc/run_batch_norm.sh (PYTHON=... to pick the interpreter with torch,
 #                                 CXX=... for the compiler)
@@ -23,8 +24,8 @@ for STD in c++17 c++20; do
   CXXFLAGS=(-std="$STD" -O2 -pthread -Wall -Wextra -I "$ROOT/csrc/include" -isystem "$TORCH_INCLUDE")
   # The three translation units are independent: build them side by side.
   "${CXX:-g++}" "${CXXFLAGS[@]}" -c "$ROOT/csrc/emu/batch_norm.cu.cpp" -o "$BUILD/emu_batch_norm.o" &
-  "${CXX:-g++}" "${CXXFLAGS[@]}" -DCNNKERN_BN_MIN_ROWS_PER_THREAD=1 -c "$ROOT/csrc/emu/batch_norm.cu.cpp" \
-    -o "$BUILD/emu_batch_norm_short.o" &
+  "${CXX:-g++}" "${CXXFLAGS[@]}" -DCNNKERN_BN_MIN_ROWS_PER_THREAD=1 -DCNNKERN_BN_MAX_GRID_Y=3 \
+    -c "$ROOT/csrc/emu/batch_norm.cu.cpp" -o "$BUILD/emu_batch_norm_short.o" &
   "${CXX:-g++}" "${CXXFLAGS[@]}" -c "$ROOT/tests/csrc/test_batch_norm_emu.cpp" -o "$BUILD/test_batch_norm_emu.o"
   wait
   "${CXX:-g++}" -pthread "$BUILD/emu_batch_norm.o" "$BUILD/test_batch_norm_emu.o" -o "$BUILD/test_batch_norm_emu"
@@ -32,6 +33,6 @@ for STD in c++17 c++20; do
     -o "$BUILD/test_batch_norm_emu_short"
   echo "== -std=$STD"
   "$BUILD/test_batch_norm_emu"
-  echo "== -std=$STD, one row per thread per chunk at least (many short chunks)"
+  echo "== -std=$STD, many short chunks, grid.y <= 3"
   "$BUILD/test_batch_norm_emu_short" --acc-types
 done

@@ -181,7 +181,8 @@ struct Check {
   void value(const char* what, int64_t i, double got, double want, double bound) {
     const double ratio = std::fabs(got - want) / (bound + 1e-300);
     if (!(ratio <= 1.0)) {  // NaN fails too
-      if (bad++ < 3) std::printf("    %s[%lld] got %.12g want %.12g (bound %.3g)\n", what, (long long)i, got, want, bound);
+      if (bad++ < 3)
+        std::printf("    %s[%lld] got %.12g want %.12g (bound %.3g)\n", what, (long long)i, got, want, bound);
     }
     if (ratio > worst || std::isnan(ratio)) worst = ratio;
   }
@@ -200,7 +201,7 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
 
 void report(const char* pass, const char* type, const Case& c, const Check& k, double ms) {
   if (!k.ok()) ++g_failures;
-  std::printf("%s  %-15s %-9s %-34s err/tol %.3f%s  (%.0f ms)\n", k.ok() ? "PASS" : "FAIL", pass, type,
+  std::printf("%s  %-16s %-9s %-34s err/tol %.3f%s  (%.0f ms)\n", k.ok() ? "PASS" : "FAIL", pass, type,
               c.name.c_str(), k.worst, k.why.c_str(), ms);
 }
 
@@ -288,7 +289,8 @@ void run_case(const Case& c, uint32_t seed) {
       k.value("var", ch, var.data[ch], v, tol.stat * v + u * std::fabs(m) * std::sqrt(v));
     }
     char label[64];
-    std::snprintf(label, sizeof label, "stats (%lldch)", (long long)(ws_stats / (2 * c.C)));
+    const long long chunks = ws_stats / (2 * c.C);
+    std::snprintf(label, sizeof label, "stats %lld chunk%s", chunks, chunks == 1 ? "" : "s");
     report(label, type_name<T>(), c, k, ms);
   }
 
@@ -309,7 +311,8 @@ void run_case(const Case& c, uint32_t seed) {
         const double invstd = 1.0 / std::sqrt(static_cast<double>(use_var[ch]) + kEps);
         const double z = (x.get(n, ch, h, w) - use_mean[ch]) * invstd * w_of(ch);
         const double want = std::max(0.0, z + b_of(ch));
-        k.value("y", i++, y.get(n, ch, h, w), want, tol.out * std::fabs(want) + tol.acc * (std::fabs(z) + std::fabs(b_of(ch))) + tol.tiny);
+        const double bound = tol.out * std::fabs(want) + tol.acc * (std::fabs(z) + std::fabs(b_of(ch))) + tol.tiny;
+        k.value("y", i++, y.get(n, ch, h, w), want, bound);
       });
       report(training ? "apply train" : "apply eval", type_name<T>(), c, k, ms);
     }
@@ -335,7 +338,9 @@ void run_case(const Case& c, uint32_t seed) {
       k.require(gw.guard_untouched() && gb.guard_untouched() && ws.guard_untouched(), "WROTE PAST A VECTOR");
       for (int64_t ch = 0; ch < c.C; ++ch) {
         const double invstd = 1.0 / std::sqrt(static_cast<double>(use_var[ch]) + kEps);
-        auto g_at = [&](int64_t n, int64_t h, int64_t w) { return y.get(n, ch, h, w) > 0.0 ? dy.get(n, ch, h, w) : 0.0; };
+        auto g_at = [&](int64_t n, int64_t h, int64_t w) {
+          return y.get(n, ch, h, w) > 0.0 ? dy.get(n, ch, h, w) : 0.0;
+        };
         auto xhat_at = [&](int64_t n, int64_t h, int64_t w) { return (x.get(n, ch, h, w) - use_mean[ch]) * invstd; };
         double sum_g = 0, sum_gx = 0, abs_g = 0, abs_gx = 0;
         for (int64_t n = 0; n < c.N; ++n)
