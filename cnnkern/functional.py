@@ -36,9 +36,7 @@ def _check_conv2d(input, weight, bias, stride, padding, dilation, groups):
             raise RuntimeError(
                 f"Expected all tensors to be on the same device, but found input on {input.device} "
                 f"and {name} on {t.device}")
-    if input.dtype not in _FLOAT_DTYPES:
-        raise NotImplementedError(
-            f"cnnkern conv2d supports float16, bfloat16, float32 and float64, not {input.dtype}")
+    _check_float(input, "conv2d")
     if groups <= 0:
         raise RuntimeError("non-positive groups is not supported")
     _positive(stride, "non-positive stride is not supported")

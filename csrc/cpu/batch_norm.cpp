@@ -19,8 +19,6 @@
 namespace cnnkern::cpu {
 namespace {
 
-template <typename T>
-using acc_type = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 // Visits channel c's elements plane by plane: fn(plane pointer offset base) per n.
 struct Planes {
@@ -68,8 +66,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu(
   if (training) {
     TORCH_CHECK(input.numel() / std::max<int64_t>(C, 1) > 1 || input.numel() == 0,
                 "cnnkern batch_norm_relu: expected more than 1 value per channel when training");
-    mean = at::empty({C}, input.options().dtype(bn_acc_dtype(input)));
-    var = at::empty({C}, input.options().dtype(bn_acc_dtype(input)));
+    mean = at::empty({C}, input.options().dtype(acc_dtype(input.scalar_type())));
+    var = at::empty({C}, input.options().dtype(acc_dtype(input.scalar_type())));
   } else {
     std::tie(mean, var) = running_statistics(running_mean, running_var, input);
   }
@@ -78,8 +76,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu(
     if (training) mean.fill_(NAN), var.fill_(NAN);
     return {y, mean, var};
   }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cnnkern_bn_relu_cpu", [&] {
-    using A = acc_type<scalar_t>;
+  CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_bn_relu_cpu", [&] {
+    using A = acc_t<scalar_t>;
     const scalar_t* x = input.const_data_ptr<scalar_t>();
     const Planes px(input), py(y);
     A* mean_p = mean.data_ptr<A>();
@@ -117,11 +115,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_backward(
   const auto v = channel_vector(var, input, "var");
   const int64_t C = input.size(1);
   at::Tensor dx = at::empty(input.sizes(), input.options().memory_format(input.suggest_memory_format()));
-  at::Tensor grad_weight = at::zeros({C}, input.options().dtype(bn_acc_dtype(input)));
-  at::Tensor grad_bias = at::zeros({C}, input.options().dtype(bn_acc_dtype(input)));
+  at::Tensor grad_weight = at::zeros({C}, input.options().dtype(acc_dtype(input.scalar_type())));
+  at::Tensor grad_bias = at::zeros({C}, input.options().dtype(acc_dtype(input.scalar_type())));
   if (input.numel() == 0) return {dx, grad_weight, grad_bias};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cnnkern_bn_relu_bwd_cpu", [&] {
-    using A = acc_type<scalar_t>;
+  CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_bn_relu_bwd_cpu", [&] {
+    using A = acc_t<scalar_t>;
     const scalar_t* x = input.const_data_ptr<scalar_t>();
     const scalar_t* y = output.const_data_ptr<scalar_t>();
     const scalar_t* dy = grad_output.const_data_ptr<scalar_t>();

@@ -24,10 +24,6 @@ namespace {
 
 constexpr int64_t kColumnBudgetBytes = int64_t{32} << 20;
 
-template <typename T>
-using acc_type = std::conditional_t<std::is_same_v<T, double>, double, float>;
-
-at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 int64_t images_per_chunk(const Conv2dShape& s, int64_t elem_bytes) {
   const int64_t per_image = std::max<int64_t>(s.P * s.Q * s.c_per_group() * s.R * s.S * elem_bytes, 1);
@@ -110,8 +106,8 @@ at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, con
   const int64_t chunk = images_per_chunk(s, at::elementSize(acc));
   at::Tensor col = at::empty({chunk * PQ, Cg * s.R * s.S}, input.options().dtype(acc));
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cnnkern_conv2d_cpu", [&] {
-    using A = acc_type<scalar_t>;
+  CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_conv2d_cpu", [&] {
+    using A = acc_t<scalar_t>;
     for (int64_t n0 = 0; n0 < s.N; n0 += chunk) {
       const int64_t nb = std::min(chunk, s.N - n0);
       const at::Tensor cols = col.narrow(0, 0, nb * PQ);
@@ -141,8 +137,8 @@ at::Tensor conv2d_backward_input(const at::Tensor& grad_output, const at::Tensor
   const at::Tensor w_rows = weight.to(acc).contiguous().view({groups, Kg, Cg * s.R * s.S});
   const int64_t chunk = images_per_chunk(s, at::elementSize(acc));
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cnnkern_conv2d_dgrad_cpu", [&] {
-    using A = acc_type<scalar_t>;
+  CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_conv2d_dgrad_cpu", [&] {
+    using A = acc_t<scalar_t>;
     for (int64_t n0 = 0; n0 < s.N; n0 += chunk) {
       const int64_t nb = std::min(chunk, s.N - n0);
       for (int64_t g = 0; g < groups; ++g) {
@@ -165,8 +161,8 @@ at::Tensor conv2d_backward_weight(const at::Tensor& grad_output, const at::Tenso
   if (s.N > 0 && weight.numel() > 0) {
     const int64_t chunk = images_per_chunk(s, at::elementSize(acc));
     at::Tensor col = at::empty({chunk * PQ, Cg * s.R * s.S}, input.options().dtype(acc));
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cnnkern_conv2d_wgrad_cpu", [&] {
-      using A = acc_type<scalar_t>;
+    CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_conv2d_wgrad_cpu", [&] {
+      using A = acc_t<scalar_t>;
       for (int64_t n0 = 0; n0 < s.N; n0 += chunk) {
         const int64_t nb = std::min(chunk, s.N - n0);
         const at::Tensor cols = col.narrow(0, 0, nb * PQ);
@@ -185,8 +181,8 @@ at::Tensor conv2d_backward_bias(const at::Tensor& grad_output) {
   TORCH_CHECK(grad_output.dim() == 4, "cnnkern conv2d_backward_bias: expected a 4-D grad_output");
   const int64_t N = grad_output.size(0), K = grad_output.size(1), P = grad_output.size(2), Q = grad_output.size(3);
   at::Tensor db = at::empty({K}, grad_output.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(), "cnnkern_conv2d_bgrad_cpu", [&] {
-    using A = acc_type<scalar_t>;
+  CNNKERN_DISPATCH_FLOATS(grad_output.scalar_type(), "cnnkern_conv2d_bgrad_cpu", [&] {
+    using A = acc_t<scalar_t>;
     const scalar_t* dy = grad_output.const_data_ptr<scalar_t>();
     const auto st = grad_output.strides();
     scalar_t* out = db.data_ptr<scalar_t>();

@@ -19,11 +19,7 @@
 namespace cnnkern::cpu {
 namespace {
 
-template <typename T>
-using acc_type = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
-#define CNNKERN_CPU_FLOATS(dtype, name, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
 
 // Rows (n, c, r) of an N x C x rows plane stack, in parallel.
 template <typename F>
@@ -40,8 +36,8 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntAr
   at::Tensor indices = empty_pool_output(input, s, at::kLong);
   if (y.numel() == 0) return {y, indices};
   fill_strides(s.y_stride, y);
-  CNNKERN_CPU_FLOATS(input.scalar_type(), "cnnkern_max_pool2d_cpu", [&] {
-    using A = acc_type<scalar_t>;
+  CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_max_pool2d_cpu", [&] {
+    using A = acc_t<scalar_t>;
     const scalar_t* x = input.const_data_ptr<scalar_t>();
     scalar_t* out = y.data_ptr<scalar_t>();
     int64_t* idx = indices.data_ptr<int64_t>();
@@ -82,8 +78,8 @@ at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
   at::Tensor dx = at::empty(input.sizes(), input.options().memory_format(input.suggest_memory_format()));
   if (dx.numel() == 0) return dx;
   fill_strides(s.x_stride, dx);
-  CNNKERN_CPU_FLOATS(input.scalar_type(), "cnnkern_max_pool2d_backward_cpu", [&] {
-    using A = acc_type<scalar_t>;
+  CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_max_pool2d_backward_cpu", [&] {
+    using A = acc_t<scalar_t>;
     const scalar_t* dy = grad_output.const_data_ptr<scalar_t>();
     const int64_t* idx = indices.const_data_ptr<int64_t>();
     const auto gs = grad_output.strides(), is = indices.strides();
@@ -121,8 +117,8 @@ at::Tensor avg_pool2d(const at::Tensor& input, at::IntArrayRef kernel, at::IntAr
   at::Tensor y = empty_pool_output(input, s, input.scalar_type());
   if (y.numel() == 0) return y;
   fill_strides(s.y_stride, y);
-  CNNKERN_CPU_FLOATS(input.scalar_type(), "cnnkern_avg_pool2d_cpu", [&] {
-    using A = acc_type<scalar_t>;
+  CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_avg_pool2d_cpu", [&] {
+    using A = acc_t<scalar_t>;
     const scalar_t* x = input.const_data_ptr<scalar_t>();
     scalar_t* out = y.data_ptr<scalar_t>();
     for_each_row(s, s.OH, [&](int64_t n, int64_t c, int64_t oh) {
@@ -154,8 +150,8 @@ at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
   at::Tensor dx = at::empty(input.sizes(), input.options().memory_format(input.suggest_memory_format()));
   if (dx.numel() == 0) return dx;
   fill_strides(s.x_stride, dx);
-  CNNKERN_CPU_FLOATS(input.scalar_type(), "cnnkern_avg_pool2d_backward_cpu", [&] {
-    using A = acc_type<scalar_t>;
+  CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_avg_pool2d_backward_cpu", [&] {
+    using A = acc_t<scalar_t>;
     const scalar_t* dy = grad_output.const_data_ptr<scalar_t>();
     const auto gs = grad_output.strides();
     scalar_t* out = dx.data_ptr<scalar_t>();
@@ -185,8 +181,8 @@ at::Tensor adaptive_avg_pool2d(const at::Tensor& input, at::IntArrayRef output_s
   at::Tensor y = empty_pool_output(input, s, input.scalar_type());
   if (y.numel() == 0) return y;
   fill_strides(s.y_stride, y);
-  CNNKERN_CPU_FLOATS(input.scalar_type(), "cnnkern_adaptive_avg_pool2d_cpu", [&] {
-    using A = acc_type<scalar_t>;
+  CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_adaptive_avg_pool2d_cpu", [&] {
+    using A = acc_t<scalar_t>;
     const scalar_t* x = input.const_data_ptr<scalar_t>();
     scalar_t* out = y.data_ptr<scalar_t>();
     for_each_row(s, s.OH, [&](int64_t n, int64_t c, int64_t oh) {
@@ -212,8 +208,8 @@ at::Tensor adaptive_avg_pool2d_backward(const at::Tensor& grad_output, const at:
   at::Tensor dx = at::empty(input.sizes(), input.options().memory_format(input.suggest_memory_format()));
   if (dx.numel() == 0) return dx;
   fill_strides(s.x_stride, dx);
-  CNNKERN_CPU_FLOATS(input.scalar_type(), "cnnkern_adaptive_avg_pool2d_backward_cpu", [&] {
-    using A = acc_type<scalar_t>;
+  CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_adaptive_avg_pool2d_backward_cpu", [&] {
+    using A = acc_t<scalar_t>;
     const scalar_t* dy = grad_output.const_data_ptr<scalar_t>();
     const auto gs = grad_output.strides();
     scalar_t* out = dx.data_ptr<scalar_t>();

@@ -6,11 +6,9 @@
 
 #include <optional>
 
-namespace cnnkern {
+#include "conv2d_common.h"
 
-inline at::ScalarType bn_acc_dtype(const at::Tensor& input) {
-  return input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
+namespace cnnkern {
 
 inline void check_batch_norm_input(const at::Tensor& input) {
   TORCH_CHECK(input.dim() == 4, "cnnkern batch_norm_relu: expected a 4-D input, got ", input.dim(), "-D");
@@ -24,7 +22,7 @@ inline std::optional<at::Tensor> channel_vector(const std::optional<at::Tensor>&
   TORCH_CHECK(t->dim() == 1 && t->size(0) == input.size(1), "cnnkern batch_norm_relu: ", name, " of shape ",
               t->sizes(), " does not match ", input.size(1), " channels");
   TORCH_CHECK(t->device() == input.device(), "cnnkern batch_norm_relu: ", name, " is on a different device");
-  return t->to(bn_acc_dtype(input)).contiguous();
+  return t->to(acc_dtype(input.scalar_type())).contiguous();
 }
 
 // Eval mode returns copies of the running statistics (an op's outputs may not alias its inputs).

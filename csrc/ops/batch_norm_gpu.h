@@ -27,7 +27,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_op(
   check_batch_norm_input(input);
   const auto w = channel_vector(weight, input, "weight");
   const auto b = channel_vector(bias, input, "bias");
-  const auto acc = bn_acc_dtype(input);
+  const auto acc = acc_dtype(input.scalar_type());
   at::Tensor mean, var;
   if (training) {
     mean = at::empty({input.size(1)}, input.options().dtype(acc));
@@ -43,7 +43,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_op(
   BnShape s{input.size(0), input.size(1), input.size(2), input.size(3)};
   fill_strides(s.x_stride, input);
   fill_strides(s.y_stride, y);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cnnkern_bn_relu_gpu", [&] {
+  CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_bn_relu_gpu", [&] {
     using A = acc_t<scalar_t>;
     if (training) {
       at::Tensor workspace = at::empty({batch_norm_stats_workspace(s)}, input.options().dtype(acc));
@@ -68,7 +68,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_backward_o
   const auto w = channel_vector(weight, input, "weight");
   const auto m = channel_vector(mean, input, "mean");
   const auto v = channel_vector(var, input, "var");
-  const auto acc = bn_acc_dtype(input);
+  const auto acc = acc_dtype(input.scalar_type());
   const auto format = input.suggest_memory_format();
   at::Tensor dx = at::empty(input.sizes(), input.options().memory_format(format));
   at::Tensor grad_weight = at::zeros({input.size(1)}, input.options().dtype(acc));
@@ -79,7 +79,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_backward_o
   fill_strides(s.x_stride, input);
   fill_strides(s.y_stride, dx);
   fill_strides(s.dy_stride, grad_output);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "cnnkern_bn_relu_bwd_gpu", [&] {
+  CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_bn_relu_bwd_gpu", [&] {
     using A = acc_t<scalar_t>;
     at::Tensor workspace = at::empty({batch_norm_backward_workspace(s)}, input.options().dtype(acc));
     batch_norm_relu_backward<scalar_t>(s, grad_output.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(),

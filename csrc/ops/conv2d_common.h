@@ -6,14 +6,23 @@
 // direct torch.ops.cnnkern.* call with bad arguments raises instead of
 // reading out of bounds.
 #pragma once
+#include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
 #include <optional>
 
+#include "cnnkern/acc_type.h"
 #include "cnnkern/conv2d_index.h"
 
 namespace cnnkern {
+
+// Every kernel is instantiated for these four dtypes.
+#define CNNKERN_DISPATCH_FLOATS(dtype, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
+
+// The tensor dtype matching acc_t<T>: statistics, workspaces and widened operands.
+inline at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 inline void fill_strides(int64_t (&dst)[4], const at::Tensor& t) {
   for (int i = 0; i < 4; ++i) dst[i] = t.stride(i);

@@ -15,9 +15,6 @@ namespace cnnkern::CNNKERN_GPU_NS {
 
 gpu_stream_t current_stream(const at::Tensor& t);
 
-#define CNNKERN_DISPATCH_FLOATS(dtype, name, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
-
 inline at::Tensor conv2d_op(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
   Conv2dShape s = conv2d_shape(input, weight, stride, padding, dilation, groups);
@@ -61,7 +58,7 @@ inline at::Tensor conv2d_backward_weight_op(const at::Tensor& grad_output, const
   if (s.N == 0) return dw.zero_();
   fill_strides(s.w_stride, dw);
   fill_strides(s.y_stride, grad_output);
-  const auto acc = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = acc_dtype(input.scalar_type());
   at::Tensor workspace = at::zeros({dw.numel()}, input.options().dtype(acc));
   CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_conv2d_wgrad_gpu", [&] {
     conv2d_backward_weight<scalar_t>(s, grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),

@@ -12,9 +12,6 @@ namespace cnnkern::CNNKERN_GPU_NS {
 
 gpu_stream_t current_stream(const at::Tensor& t);
 
-#define CNNKERN_POOL_DISPATCH(dtype, name, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
-
 // The launchers address dy (and indices) through one set of strides: lay the
 // gradient out like the forward output.
 inline at::Tensor like_output(const at::Tensor& grad_output, const at::Tensor& input) {
@@ -29,7 +26,7 @@ inline std::tuple<at::Tensor, at::Tensor> max_pool2d_op(const at::Tensor& input,
   at::Tensor indices = empty_pool_output(input, s, at::kLong);
   if (y.numel() == 0) return {y, indices};
   fill_strides(s.y_stride, y);
-  CNNKERN_POOL_DISPATCH(input.scalar_type(), "cnnkern_max_pool2d_gpu", [&] {
+  CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_max_pool2d_gpu", [&] {
     max_pool2d_forward<scalar_t>(s, input.const_data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
                                  indices.data_ptr<int64_t>(), current_stream(input));
   });
@@ -49,7 +46,7 @@ inline at::Tensor max_pool2d_backward_op(const at::Tensor& grad_output, const at
   const at::Tensor idx = indices.contiguous(input.suggest_memory_format());
   fill_strides(s.x_stride, dx);
   fill_strides(s.y_stride, dy);
-  CNNKERN_POOL_DISPATCH(input.scalar_type(), "cnnkern_max_pool2d_backward_gpu", [&] {
+  CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_max_pool2d_backward_gpu", [&] {
     max_pool2d_backward<scalar_t>(s, dy.const_data_ptr<scalar_t>(), idx.const_data_ptr<int64_t>(),
                                   dx.data_ptr<scalar_t>(), current_stream(input));
   });
@@ -69,7 +66,7 @@ inline at::Tensor avg_pool2d_op(const at::Tensor& input, at::IntArrayRef kernel,
   at::Tensor y = empty_pool_output(input, s, input.scalar_type());
   if (y.numel() == 0) return y;
   fill_strides(s.y_stride, y);
-  CNNKERN_POOL_DISPATCH(input.scalar_type(), "cnnkern_avg_pool2d_gpu", [&] {
+  CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_avg_pool2d_gpu", [&] {
     avg_pool2d_forward<scalar_t>(s, input.const_data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), count_include_pad,
                                  divisor, current_stream(input));
   });
@@ -88,7 +85,7 @@ inline at::Tensor avg_pool2d_backward_op(const at::Tensor& grad_output, const at
   const at::Tensor dy = like_output(grad_output, input);
   fill_strides(s.x_stride, dx);
   fill_strides(s.y_stride, dy);
-  CNNKERN_POOL_DISPATCH(input.scalar_type(), "cnnkern_avg_pool2d_backward_gpu", [&] {
+  CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_avg_pool2d_backward_gpu", [&] {
     avg_pool2d_backward<scalar_t>(s, dy.const_data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), count_include_pad,
                                   divisor, current_stream(input));
   });
@@ -100,7 +97,7 @@ inline at::Tensor adaptive_avg_pool2d_op(const at::Tensor& input, at::IntArrayRe
   at::Tensor y = empty_pool_output(input, s, input.scalar_type());
   if (y.numel() == 0) return y;
   fill_strides(s.y_stride, y);
-  CNNKERN_POOL_DISPATCH(input.scalar_type(), "cnnkern_adaptive_avg_pool2d_gpu", [&] {
+  CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_adaptive_avg_pool2d_gpu", [&] {
     adaptive_avg_pool2d_forward<scalar_t>(s, input.const_data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
                                           current_stream(input));
   });
@@ -116,7 +113,7 @@ inline at::Tensor adaptive_avg_pool2d_backward_op(const at::Tensor& grad_output,
   const at::Tensor dy = like_output(grad_output, input);
   fill_strides(s.x_stride, dx);
   fill_strides(s.y_stride, dy);
-  CNNKERN_POOL_DISPATCH(input.scalar_type(), "cnnkern_adaptive_avg_pool2d_backward_gpu", [&] {
+  CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_adaptive_avg_pool2d_backward_gpu", [&] {
     adaptive_avg_pool2d_backward<scalar_t>(s, dy.const_data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(),
                                            current_stream(input));
   });

@@ -4,7 +4,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
-#include <type_traits>
+#include "cnnkern/acc_type.h"
 
 #ifndef CNNKERN_GPU_NS
 #error "define CNNKERN_GPU_NS (cuda or emu) before including cnnkern GPU headers"
@@ -17,8 +17,3 @@ using gpu_stream_t = void*;
 using gpu_stream_t = cudaStream_t;
 #endif
 
-namespace cnnkern {
-// Reduced-precision inputs accumulate in fp32, double in double.
-template <typename T>
-using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
-}  // namespace cnnkern
