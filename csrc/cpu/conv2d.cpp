@@ -1,15 +1,22 @@
-// Conv2d on the CPU: im2col + GEMM over chunks of the batch.
+// Conv2d on the CPU: im2col + GEMM, the batch split among threads.
 //
-// Forward: for each chunk of images and each group, the receptive fields are
-// gathered into a row-major column matrix col[(n,p,q)][(c,r,s)] (rows in
-// parallel), and one GEMM col · w_gᵀ yields the outputs in (n,p,q) × k order,
-// which is channels_last; it is copied into y through y's strides.
-// Input gradient: dcol = dy_g · w_g, then every input pixel *gathers* the dcol
-// entries that read it (conv_out_coord), so rows run in parallel with no
-// scatter and no races. Weight gradient: dw_g += dy_gᵀ · col, chunk by chunk.
-// Chunks keep col near 32 MiB, so memory stays flat for any batch size.
-// Half and bfloat16 are widened to fp32 as they are gathered and the GEMMs run
-// in fp32 (double stays double): the only BLAS call is at::mm on our columns.
+// Each thread owns a contiguous range of images and walks it a chunk at a
+// time: enough images that a GEMM has about kTargetColumns columns, few
+// enough that the column buffer stays inside a core's L2. For one chunk and
+// one group, with D the chunk's dy packed as (Kg x nb*P*Q):
+//   col[(c,r,s)][(n,p,q)]  im2col; a row segment is an input row read at the
+//                          conv's stride, its padded ends zero-filled
+//   forward  Y = W_g col (+ bias as the GEMM's C), copied into y through y's
+//            strides (NCHW or channels_last)
+//   wgrad    dW_g += D colᵀ into a per-thread partial; the partials are
+//            summed in thread order at the end, so the result is repeatable
+//   dgrad    dcol = W_gᵀ D, then col2im adds each dcol row segment into dx;
+//            a thread owns its images' dx, so no two threads touch one value
+// GEMMs run inside the parallel region, hence single-threaded, on data the
+// thread has just written. With fewer images than threads the outer loop is
+// one task, and the GEMM and the im2col loops parallelise instead.
+// Half and bfloat16 are widened to fp32 as they are gathered; double stays
+// double. The only BLAS calls are at::mm_out/addmm_out on our own buffers.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -22,72 +29,100 @@
 namespace cnnkern::cpu {
 namespace {
 
-constexpr int64_t kColumnBudgetBytes = int64_t{32} << 20;
-
+constexpr int64_t kTargetColumns = 512;
+constexpr int64_t kColumnBudgetBytes = int64_t{512} << 10;
 
 int64_t images_per_chunk(const Conv2dShape& s, int64_t elem_bytes) {
-  const int64_t per_image = std::max<int64_t>(s.P * s.Q * s.c_per_group() * s.R * s.S * elem_bytes, 1);
-  return std::clamp<int64_t>(kColumnBudgetBytes / per_image, 1, std::max<int64_t>(s.N, 1));
+  const int64_t PQ = s.P * s.Q;
+  const int64_t by_columns = (kTargetColumns + PQ - 1) / PQ;
+  const int64_t by_bytes = kColumnBudgetBytes / std::max<int64_t>(s.c_per_group() * s.R * s.S * PQ * elem_bytes, 1);
+  return std::max<int64_t>(std::min(by_columns, by_bytes), 1);
 }
 
-// col[(n - n0, p, q)][(c, r, s)] for images [n0, n0 + nb) of group g.
+// Calls fn(n0, nb) for consecutive chunks of at most `chunk` images, each
+// thread over its own contiguous range of the batch.
+template <typename F>
+void for_each_chunk(int64_t N, int64_t chunk, F&& fn) {
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n0 = begin; n0 < end; n0 += chunk) fn(n0, std::min(chunk, end - n0));
+  });
+}
+
+// col[(c, r, s)][(n - n0, p, q)] for images [n0, n0 + nb) of group g.
 template <typename T, typename A>
 void im2col(const T* x, const Conv2dShape& s, int64_t n0, int64_t nb, int64_t g, A* col) {
-  const int64_t Cg = s.c_per_group(), PQ = s.P * s.Q, row_len = Cg * s.R * s.S;
-  at::parallel_for(0, nb * PQ, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t m = begin; m < end; ++m) {
-      const int64_t n = n0 + m / PQ, p = (m % PQ) / s.Q, q = m % s.Q;
-      const T* xn = x + n * s.x_stride[0] + g * Cg * s.x_stride[1];
-      A* out = col + m * row_len;
-      for (int64_t c = 0; c < Cg; ++c) {
-        for (int64_t r = 0; r < s.R; ++r) {
+  const int64_t Cg = s.c_per_group(), PQ = s.P * s.Q, ld = nb * PQ, RS = s.R * s.S;
+  const int64_t step = s.stride_w * s.x_stride[3];
+  at::parallel_for(0, Cg * RS, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t c = row / RS, r = (row / s.S) % s.R, t = row % s.S;
+      int64_t q_lo, q_hi;
+      conv_valid_range(s.W, t, s.stride_w, s.pad_w, s.dil_w, s.Q, &q_lo, &q_hi);
+      const int64_t iw_lo = conv_in_coord(q_lo, t, s.stride_w, s.pad_w, s.dil_w);
+      for (int64_t nl = 0; nl < nb; ++nl) {
+        const T* plane = x + (n0 + nl) * s.x_stride[0] + (g * Cg + c) * s.x_stride[1];
+        A* out = col + row * ld + nl * PQ;
+        for (int64_t p = 0; p < s.P; ++p, out += s.Q) {
           const int64_t ih = conv_in_coord(p, r, s.stride_h, s.pad_h, s.dil_h);
-          const bool row_in = ih >= 0 && ih < s.H;
-          for (int64_t t = 0; t < s.S; ++t) {
-            const int64_t iw = conv_in_coord(q, t, s.stride_w, s.pad_w, s.dil_w);
-            *out++ = (row_in && iw >= 0 && iw < s.W)
-                         ? static_cast<A>(xn[c * s.x_stride[1] + ih * s.x_stride[2] + iw * s.x_stride[3]])
-                         : A(0);
+          if (ih < 0 || ih >= s.H) {
+            std::fill(out, out + s.Q, A(0));
+            continue;
           }
+          const T* src = plane + ih * s.x_stride[2] + iw_lo * s.x_stride[3];
+          std::fill(out, out + q_lo, A(0));
+          if (step == 1) {
+            for (int64_t q = q_lo; q < q_hi; ++q) out[q] = static_cast<A>(src[q - q_lo]);
+          } else {
+            for (int64_t q = q_lo; q < q_hi; ++q) out[q] = static_cast<A>(src[(q - q_lo) * step]);
+          }
+          std::fill(out + q_hi, out + s.Q, A(0));
         }
       }
     }
   });
 }
 
-// dx[n][g*Cg + c][h][w] = sum of the dcol entries whose receptive field reads (h, w).
-template <typename T, typename A>
-void col2im_gather(const A* dcol, const Conv2dShape& s, int64_t n0, int64_t nb, int64_t g, T* dx) {
-  const int64_t Cg = s.c_per_group(), row_len = Cg * s.R * s.S;
-  at::parallel_for(0, nb * Cg * s.H, 4, [&](int64_t begin, int64_t end) {
+// dx[n][g*Cg + c][h][w] += every dcol entry whose tap reads (h, w); dx has the
+// accumulator type and strides s.x_stride. Planes (n, c) run in parallel.
+template <typename A>
+void col2im_add(const A* dcol, const Conv2dShape& s, int64_t n0, int64_t nb, int64_t g, A* dx) {
+  const int64_t Cg = s.c_per_group(), PQ = s.P * s.Q, ld = nb * PQ;
+  const int64_t step = s.stride_w * s.x_stride[3];
+  at::parallel_for(0, nb * Cg, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t nl = i / (Cg * s.H), c = (i / s.H) % Cg, h = i % s.H;
-      T* dst = dx + (n0 + nl) * s.x_stride[0] + (g * Cg + c) * s.x_stride[1] + h * s.x_stride[2];
-      for (int64_t w = 0; w < s.W; ++w) {
-        A sum = 0;
-        for (int64_t r = 0; r < s.R; ++r) {
-          int64_t p;
-          if (!conv_out_coord(h, r, s.stride_h, s.pad_h, s.dil_h, s.P, &p)) continue;
-          for (int64_t t = 0; t < s.S; ++t) {
-            int64_t q;
-            if (!conv_out_coord(w, t, s.stride_w, s.pad_w, s.dil_w, s.Q, &q)) continue;
-            sum += dcol[((nl * s.P + p) * s.Q + q) * row_len + (c * s.R + r) * s.S + t];
+      const int64_t nl = i / Cg, c = i % Cg;
+      A* plane = dx + (n0 + nl) * s.x_stride[0] + (g * Cg + c) * s.x_stride[1];
+      for (int64_t r = 0; r < s.R; ++r) {
+        for (int64_t t = 0; t < s.S; ++t) {
+          int64_t q_lo, q_hi;
+          conv_valid_range(s.W, t, s.stride_w, s.pad_w, s.dil_w, s.Q, &q_lo, &q_hi);
+          const int64_t iw_lo = conv_in_coord(q_lo, t, s.stride_w, s.pad_w, s.dil_w);
+          const A* src = dcol + ((c * s.R + r) * s.S + t) * ld + nl * PQ;
+          for (int64_t p = 0; p < s.P; ++p) {
+            const int64_t ih = conv_in_coord(p, r, s.stride_h, s.pad_h, s.dil_h);
+            if (ih < 0 || ih >= s.H) continue;
+            A* dst = plane + ih * s.x_stride[2] + iw_lo * s.x_stride[3];
+            const A* row = src + p * s.Q;
+            if (step == 1) {
+              for (int64_t q = q_lo; q < q_hi; ++q) dst[q - q_lo] += row[q];
+            } else {
+              for (int64_t q = q_lo; q < q_hi; ++q) dst[(q - q_lo) * step] += row[q];
+            }
           }
         }
-        dst[w * s.x_stride[3]] = static_cast<T>(sum);
       }
     }
   });
 }
 
-// Rows (n, p, q) × the group's output channels of dy, widened to the accumulator type.
-at::Tensor grad_rows(const at::Tensor& grad_output, const Conv2dShape& s, int64_t n0, int64_t nb, int64_t g) {
-  const int64_t Kg = s.k_per_group();
-  return grad_output.narrow(0, n0, nb)
-      .narrow(1, g * Kg, Kg)
-      .permute({0, 2, 3, 1})
-      .to(acc_dtype(grad_output.scalar_type()))
-      .reshape({nb * s.P * s.Q, Kg});
+// Images [n0, n0 + nb) of tensor t (N x K x P x Q), channels of group g, as a
+// (Kg, nb, P, Q) view: the layout of a GEMM operand with rows k and columns (n, p, q).
+at::Tensor chunk_view(const at::Tensor& t, int64_t n0, int64_t nb, int64_t g, int64_t Kg) {
+  return t.narrow(0, n0, nb).narrow(1, g * Kg, Kg).transpose(0, 1);
+}
+
+at::Tensor weight_rows(const at::Tensor& weight, int64_t groups) {
+  return weight.to(acc_dtype(weight.scalar_type())).contiguous().view({groups, weight.size(0) / groups, -1});
 }
 
 at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -99,25 +134,28 @@ at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, con
   if (weight.numel() == 0) return bias.has_value() ? y.copy_(bias->view({1, s.K, 1, 1}).expand_as(y)) : y.zero_();
 
   const auto acc = acc_dtype(input.scalar_type());
-  const int64_t Kg = s.k_per_group(), Cg = s.c_per_group(), PQ = s.P * s.Q;
-  const at::Tensor w_rows = weight.to(acc).contiguous().view({groups, Kg, Cg * s.R * s.S});
-  const std::optional<at::Tensor> b_acc = bias.has_value() ? std::optional(bias->to(acc)) : std::nullopt;
-  const at::Tensor y_nhwc = y.permute({0, 2, 3, 1});
+  const int64_t Kg = s.k_per_group(), CRS = s.c_per_group() * s.R * s.S, PQ = s.P * s.Q;
+  const at::Tensor w_rows = weight_rows(weight, groups);
+  const std::optional<at::Tensor> b_acc =
+      bias.has_value() ? std::optional(bias->to(acc).view({groups, Kg, 1})) : std::nullopt;
   const int64_t chunk = images_per_chunk(s, at::elementSize(acc));
-  at::Tensor col = at::empty({chunk * PQ, Cg * s.R * s.S}, input.options().dtype(acc));
 
   CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_conv2d_cpu", [&] {
     using A = acc_t<scalar_t>;
-    for (int64_t n0 = 0; n0 < s.N; n0 += chunk) {
-      const int64_t nb = std::min(chunk, s.N - n0);
-      const at::Tensor cols = col.narrow(0, 0, nb * PQ);
+    const scalar_t* x = input.const_data_ptr<scalar_t>();
+    for_each_chunk(s.N, chunk, [&](int64_t n0, int64_t nb) {
+      const at::Tensor col = at::empty({CRS, nb * PQ}, input.options().dtype(acc));
+      at::Tensor out = at::empty({Kg, nb * PQ}, input.options().dtype(acc));
       for (int64_t g = 0; g < groups; ++g) {
-        im2col(input.const_data_ptr<scalar_t>(), s, n0, nb, g, cols.data_ptr<A>());
-        at::Tensor out = at::mm(cols, w_rows[g].t());
-        if (b_acc.has_value()) out.add_(b_acc->narrow(0, g * Kg, Kg));
-        y_nhwc.narrow(0, n0, nb).narrow(3, g * Kg, Kg).copy_(out.view({nb, s.P, s.Q, Kg}));
+        im2col(x, s, n0, nb, g, col.data_ptr<A>());
+        if (b_acc.has_value()) {
+          at::addmm_out(out, (*b_acc)[g], w_rows[g], col);
+        } else {
+          at::mm_out(out, w_rows[g], col);
+        }
+        chunk_view(y, n0, nb, g, Kg).copy_(out.view({Kg, nb, s.P, s.Q}));
       }
-    }
+    });
   });
   return y;
 }
@@ -127,27 +165,29 @@ at::Tensor conv2d_backward_input(const at::Tensor& grad_output, const at::Tensor
                                  int64_t groups) {
   Conv2dShape s = conv2d_shape(input, weight, stride, padding, dilation, groups);
   check_grad_output(grad_output, input, s);
-  at::Tensor dx = at::empty(input.sizes(), input.options().memory_format(conv2d_memory_format(input, weight)));
-  if (dx.numel() == 0) return dx;
-  if (grad_output.numel() == 0) return dx.zero_();
+  const auto acc = acc_dtype(input.scalar_type());
+  const auto format = conv2d_memory_format(input, weight);
+  // col2im accumulates, so dx starts at zero, in the accumulator type.
+  at::Tensor dx = at::zeros(input.sizes(), input.options().dtype(acc).memory_format(format));
+  if (dx.numel() == 0 || grad_output.numel() == 0) return dx.to(input.scalar_type());
   fill_strides(s.x_stride, dx);
 
-  const auto acc = acc_dtype(input.scalar_type());
-  const int64_t Kg = s.k_per_group(), Cg = s.c_per_group();
-  const at::Tensor w_rows = weight.to(acc).contiguous().view({groups, Kg, Cg * s.R * s.S});
+  const int64_t Kg = s.k_per_group(), CRS = s.c_per_group() * s.R * s.S, PQ = s.P * s.Q;
+  const at::Tensor w_rows = weight_rows(weight, groups);
   const int64_t chunk = images_per_chunk(s, at::elementSize(acc));
 
-  CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_conv2d_dgrad_cpu", [&] {
-    using A = acc_t<scalar_t>;
-    for (int64_t n0 = 0; n0 < s.N; n0 += chunk) {
-      const int64_t nb = std::min(chunk, s.N - n0);
+  AT_DISPATCH_FLOATING_TYPES(acc, "cnnkern_conv2d_dgrad_cpu", [&] {
+    for_each_chunk(s.N, chunk, [&](int64_t n0, int64_t nb) {
+      const at::Tensor dy = at::empty({Kg, nb * PQ}, dx.options().memory_format(at::MemoryFormat::Contiguous));
+      at::Tensor dcol = at::empty({CRS, nb * PQ}, dy.options());
       for (int64_t g = 0; g < groups; ++g) {
-        const at::Tensor dcol = at::mm(grad_rows(grad_output, s, n0, nb, g), w_rows[g]);
-        col2im_gather(dcol.const_data_ptr<A>(), s, n0, nb, g, dx.data_ptr<scalar_t>());
+        dy.view({Kg, nb, s.P, s.Q}).copy_(chunk_view(grad_output, n0, nb, g, Kg));
+        at::mm_out(dcol, w_rows[g].t(), dy);
+        col2im_add(dcol.const_data_ptr<scalar_t>(), s, n0, nb, g, dx.data_ptr<scalar_t>());
       }
-    }
+    });
   });
-  return dx;
+  return dx.scalar_type() == input.scalar_type() ? dx : dx.to(input.scalar_type());
 }
 
 at::Tensor conv2d_backward_weight(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
@@ -156,25 +196,28 @@ at::Tensor conv2d_backward_weight(const at::Tensor& grad_output, const at::Tenso
   Conv2dShape s = conv2d_shape(input, weight, stride, padding, dilation, groups);
   check_grad_output(grad_output, input, s);
   const auto acc = acc_dtype(input.scalar_type());
-  const int64_t Kg = s.k_per_group(), Cg = s.c_per_group(), PQ = s.P * s.Q;
-  at::Tensor dw_rows = at::zeros({groups, Kg, Cg * s.R * s.S}, input.options().dtype(acc));
+  const int64_t Kg = s.k_per_group(), CRS = s.c_per_group() * s.R * s.S, PQ = s.P * s.Q;
+  // One partial per thread, summed in thread order: repeatable for a given thread count.
+  at::Tensor partial = at::zeros({at::get_num_threads(), groups, Kg, CRS}, input.options().dtype(acc));
   if (s.N > 0 && weight.numel() > 0) {
     const int64_t chunk = images_per_chunk(s, at::elementSize(acc));
-    at::Tensor col = at::empty({chunk * PQ, Cg * s.R * s.S}, input.options().dtype(acc));
     CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_conv2d_wgrad_cpu", [&] {
       using A = acc_t<scalar_t>;
-      for (int64_t n0 = 0; n0 < s.N; n0 += chunk) {
-        const int64_t nb = std::min(chunk, s.N - n0);
-        const at::Tensor cols = col.narrow(0, 0, nb * PQ);
+      const scalar_t* x = input.const_data_ptr<scalar_t>();
+      for_each_chunk(s.N, chunk, [&](int64_t n0, int64_t nb) {
+        const at::Tensor col = at::empty({CRS, nb * PQ}, input.options().dtype(acc));
+        const at::Tensor dy = at::empty({Kg, nb * PQ}, col.options());
+        const at::Tensor mine = partial[at::get_thread_num()];
         for (int64_t g = 0; g < groups; ++g) {
-          im2col(input.const_data_ptr<scalar_t>(), s, n0, nb, g, cols.data_ptr<A>());
-          dw_rows[g].addmm_(grad_rows(grad_output, s, n0, nb, g).t(), cols);
+          im2col(x, s, n0, nb, g, col.data_ptr<A>());
+          dy.view({Kg, nb, s.P, s.Q}).copy_(chunk_view(grad_output, n0, nb, g, Kg));
+          mine[g].addmm_(dy, col.t());
         }
-      }
+      });
     });
   }
   at::Tensor dw = at::empty(weight.sizes(), weight.options().memory_format(weight.suggest_memory_format()));
-  return dw.copy_(dw_rows.view(weight.sizes()));
+  return dw.copy_(partial.sum(0).view(weight.sizes()));
 }
 
 at::Tensor conv2d_backward_bias(const at::Tensor& grad_output) {
@@ -185,14 +228,27 @@ at::Tensor conv2d_backward_bias(const at::Tensor& grad_output) {
     using A = acc_t<scalar_t>;
     const scalar_t* dy = grad_output.const_data_ptr<scalar_t>();
     const auto st = grad_output.strides();
+    const bool rows_contiguous = st[3] == 1 && st[2] == Q;  // each (n, k) plane is one run of P*Q
     scalar_t* out = db.data_ptr<scalar_t>();
     at::parallel_for(0, K, 1, [&](int64_t begin, int64_t end) {
       for (int64_t k = begin; k < end; ++k) {
-        A sum = 0;
-        for (int64_t n = 0; n < N; ++n)
-          for (int64_t p = 0; p < P; ++p)
-            for (int64_t q = 0; q < Q; ++q) sum += static_cast<A>(dy[n * st[0] + k * st[1] + p * st[2] + q * st[3]]);
-        out[k] = static_cast<scalar_t>(sum);
+        // Eight running sums let the loop pipeline (and vectorise) without reassociating one chain.
+        A sums[8] = {};
+        for (int64_t n = 0; n < N; ++n) {
+          const scalar_t* plane = dy + n * st[0] + k * st[1];
+          if (rows_contiguous) {
+            int64_t i = 0;
+            for (; i + 8 <= P * Q; i += 8)
+              for (int j = 0; j < 8; ++j) sums[j] += static_cast<A>(plane[i + j]);
+            for (; i < P * Q; ++i) sums[0] += static_cast<A>(plane[i]);
+          } else {
+            for (int64_t p = 0; p < P; ++p)
+              for (int64_t q = 0; q < Q; ++q) sums[0] += static_cast<A>(plane[p * st[2] + q * st[3]]);
+          }
+        }
+        A total = 0;
+        for (A v : sums) total += v;
+        out[k] = static_cast<scalar_t>(total);
       }
     });
   });

@@ -1,18 +1,20 @@
 // Max, average and adaptive-average pooling on the CPU.
 //
-// Forward: rows (n, c, oh) run in parallel; each output scans its window in
-// the accumulator type. Backward is a gather: each input element sums the
-// windows that cover it (conv_out_coord finds them tap by tap; adaptive
-// windows form a short contiguous range), so rows of dx run in parallel with
-// no scatter, no atomics, and the result is deterministic. All index rules
-// (output size, divisor, NaN and ties) come from cnnkern/pool2d_index.h, which
-// the CUDA kernels share.
+// Forward: rows (n, c, oh) run in parallel; each output scans the taps of
+// its window that fall inside the input (conv_tap_range), in the accumulator
+// type. Max and average backward scatter each output's gradient into an
+// accumulator for its plane, one plane per thread at a time (O(outputs), no
+// index inversion, no races, a repeatable order); adaptive backward is a
+// gather, since the windows covering an input form a short contiguous range.
+// All index rules (output size, divisor, NaN and ties) come from
+// cnnkern/pool2d_index.h, which the CUDA kernels share.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <limits>
+#include <vector>
 
 #include "../ops/pool2d_common.h"
 
@@ -44,16 +46,21 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntAr
     for_each_row(s, s.OH, [&](int64_t n, int64_t c, int64_t oh) {
       const scalar_t* plane = x + n * s.x_stride[0] + c * s.x_stride[1];
       const int64_t row = n * s.y_stride[0] + c * s.y_stride[1] + oh * s.y_stride[2];
+      const int64_t h0 = oh * s.stride_h - s.pad_h;
+      int64_t kh_lo, kh_hi;
+      conv_tap_range(h0, s.H, s.kernel_h, s.dil_h, &kh_lo, &kh_hi);
       for (int64_t ow = 0; ow < s.OW; ++ow) {
+        const int64_t w0 = ow * s.stride_w - s.pad_w;
+        int64_t kw_lo, kw_hi;
+        conv_tap_range(w0, s.W, s.kernel_w, s.dil_w, &kw_lo, &kw_hi);
         A best = -std::numeric_limits<A>::infinity();
         int64_t best_at = max_pool_start_index(s, oh, ow);
-        for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
-          const int64_t h = conv_in_coord(oh, kh, s.stride_h, s.pad_h, s.dil_h);
-          if (h < 0 || h >= s.H) continue;
-          for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
-            const int64_t w = conv_in_coord(ow, kw, s.stride_w, s.pad_w, s.dil_w);
-            if (w < 0 || w >= s.W) continue;
-            const A v = static_cast<A>(plane[h * s.x_stride[2] + w * s.x_stride[3]]);
+        for (int64_t kh = kh_lo; kh < kh_hi; ++kh) {
+          const int64_t h = h0 + kh * s.dil_h;
+          const scalar_t* src = plane + h * s.x_stride[2];
+          for (int64_t kw = kw_lo; kw < kw_hi; ++kw) {
+            const int64_t w = w0 + kw * s.dil_w;
+            const A v = static_cast<A>(src[w * s.x_stride[3]]);
             if (max_pool_takes(v, best)) {
               best = v;
               best_at = h * s.W + w;
@@ -66,6 +73,27 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntAr
     });
   });
   return {y, indices};
+}
+
+// Runs fn(n, c, buf) for every plane, buf being a zeroed H*W accumulator the
+// gradient is scattered into, then writes buf to dx through dx's strides.
+// A plane belongs to one thread and is filled in output order: no races and
+// a repeatable sum, at the cost of one plane-sized buffer per task.
+template <typename scalar_t, typename F>
+void scatter_planes(const Pool2dShape& s, scalar_t* dx, F&& fn) {
+  using A = acc_t<scalar_t>;
+  at::parallel_for(0, s.N * s.C, 1, [&](int64_t begin, int64_t end) {
+    std::vector<A> buf(s.H * s.W);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / s.C, c = i % s.C;
+      std::fill(buf.begin(), buf.end(), A(0));
+      fn(n, c, buf.data());
+      scalar_t* plane = dx + n * s.x_stride[0] + c * s.x_stride[1];
+      for (int64_t h = 0; h < s.H; ++h)
+        for (int64_t w = 0; w < s.W; ++w)
+          plane[h * s.x_stride[2] + w * s.x_stride[3]] = static_cast<scalar_t>(buf[h * s.W + w]);
+    }
+  });
 }
 
 at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& indices,
@@ -83,22 +111,14 @@ at::Tensor max_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
     const scalar_t* dy = grad_output.const_data_ptr<scalar_t>();
     const int64_t* idx = indices.const_data_ptr<int64_t>();
     const auto gs = grad_output.strides(), is = indices.strides();
-    scalar_t* out = dx.data_ptr<scalar_t>();
-    for_each_row(s, s.H, [&](int64_t n, int64_t c, int64_t h) {
-      for (int64_t w = 0; w < s.W; ++w) {
-        A sum = 0;
-        for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
-          int64_t oh;
-          if (!conv_out_coord(h, kh, s.stride_h, s.pad_h, s.dil_h, s.OH, &oh)) continue;
-          for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
-            int64_t ow;
-            if (!conv_out_coord(w, kw, s.stride_w, s.pad_w, s.dil_w, s.OW, &ow)) continue;
-            if (idx[n * is[0] + c * is[1] + oh * is[2] + ow * is[3]] == h * s.W + w)
-              sum += static_cast<A>(dy[n * gs[0] + c * gs[1] + oh * gs[2] + ow * gs[3]]);
-          }
+    const int64_t plane_size = s.H * s.W;
+    scatter_planes(s, dx.data_ptr<scalar_t>(), [&](int64_t n, int64_t c, A* buf) {
+      for (int64_t oh = 0; oh < s.OH; ++oh) {
+        for (int64_t ow = 0; ow < s.OW; ++ow) {
+          const int64_t at = idx[n * is[0] + c * is[1] + oh * is[2] + ow * is[3]];
+          // A window wholly in the padding reports an index past the plane (as torch does): it has no input to credit.
+          if (at >= 0 && at < plane_size) buf[at] += static_cast<A>(dy[n * gs[0] + c * gs[1] + oh * gs[2] + ow * gs[3]]);
         }
-        out[n * s.x_stride[0] + c * s.x_stride[1] + h * s.x_stride[2] + w * s.x_stride[3]] =
-            static_cast<scalar_t>(sum);
       }
     });
   });
@@ -154,22 +174,20 @@ at::Tensor avg_pool2d_backward(const at::Tensor& grad_output, const at::Tensor& 
     using A = acc_t<scalar_t>;
     const scalar_t* dy = grad_output.const_data_ptr<scalar_t>();
     const auto gs = grad_output.strides();
-    scalar_t* out = dx.data_ptr<scalar_t>();
-    for_each_row(s, s.H, [&](int64_t n, int64_t c, int64_t h) {
-      for (int64_t w = 0; w < s.W; ++w) {
-        A sum = 0;
-        for (int64_t kh = 0; kh < s.kernel_h; ++kh) {
-          int64_t oh;
-          if (!conv_out_coord(h, kh, s.stride_h, s.pad_h, 1, s.OH, &oh)) continue;
-          for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
-            int64_t ow;
-            if (!conv_out_coord(w, kw, s.stride_w, s.pad_w, 1, s.OW, &ow)) continue;
-            sum += static_cast<A>(dy[n * gs[0] + c * gs[1] + oh * gs[2] + ow * gs[3]]) /
-                   static_cast<A>(avg_pool_divisor(s, oh, ow, count_include_pad, divisor));
-          }
+    scatter_planes(s, dx.data_ptr<scalar_t>(), [&](int64_t n, int64_t c, A* buf) {
+      for (int64_t oh = 0; oh < s.OH; ++oh) {
+        const int64_t h0 = oh * s.stride_h - s.pad_h;
+        int64_t kh_lo, kh_hi;
+        conv_tap_range(h0, s.H, s.kernel_h, 1, &kh_lo, &kh_hi);
+        for (int64_t ow = 0; ow < s.OW; ++ow) {
+          const int64_t w0 = ow * s.stride_w - s.pad_w;
+          int64_t kw_lo, kw_hi;
+          conv_tap_range(w0, s.W, s.kernel_w, 1, &kw_lo, &kw_hi);
+          const A g = static_cast<A>(dy[n * gs[0] + c * gs[1] + oh * gs[2] + ow * gs[3]]) /
+                      static_cast<A>(avg_pool_divisor(s, oh, ow, count_include_pad, divisor));
+          for (int64_t kh = kh_lo; kh < kh_hi; ++kh)
+            for (int64_t kw = kw_lo; kw < kw_hi; ++kw) buf[(h0 + kh) * s.W + w0 + kw] += g;
         }
-        out[n * s.x_stride[0] + c * s.x_stride[1] + h * s.x_stride[2] + w * s.x_stride[3]] =
-            static_cast<scalar_t>(sum);
       }
     });
   });

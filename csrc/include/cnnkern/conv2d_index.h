@@ -48,4 +48,36 @@ CNNKERN_HD bool conv_out_coord(int64_t i, int64_t k, int64_t stride, int64_t pad
   return *o < out_extent;
 }
 
+// The output coordinates o in [*lo, *hi) whose tap k reads inside [0, in).
+// The rest read padding: im2col zero-fills them, col2im and pooling skip them,
+// and neither needs a bounds test per element.
+CNNKERN_HD void conv_valid_range(int64_t in, int64_t k, int64_t stride, int64_t pad, int64_t dil,
+                                 int64_t out_extent, int64_t* lo, int64_t* hi) {
+  const int64_t first = pad - k * dil;    // o * stride >= first
+  const int64_t limit = in + pad - k * dil;  // o * stride <  limit
+  int64_t l = first <= 0 ? 0 : (first + stride - 1) / stride;
+  int64_t h = limit <= 0 ? 0 : (limit + stride - 1) / stride;
+  l = l < out_extent ? l : out_extent;
+  h = h < out_extent ? h : out_extent;
+  *lo = l;
+  *hi = h > l ? h : l;
+}
+
+// The taps k in [*lo, *hi) of a window starting at `base` (dilation `dil`)
+// that land inside [0, in): the window loops of pooling run over these only.
+CNNKERN_HD void conv_tap_range(int64_t base, int64_t in, int64_t kernel, int64_t dil, int64_t* lo, int64_t* hi) {
+  int64_t l = 0, h = 0;
+  if (dil == 1) {
+    l = base < 0 ? -base : 0;
+    h = in - base;
+  } else {
+    l = base < 0 ? (-base + dil - 1) / dil : 0;
+    h = in - base <= 0 ? 0 : (in - base + dil - 1) / dil;
+  }
+  h = h < kernel ? h : kernel;
+  h = h > 0 ? h : 0;
+  *lo = l < h ? l : h;
+  *hi = h;
+}
+
 }  // namespace cnnkern
