@@ -72,6 +72,8 @@ else:
 setup(
     packages=["cnnkern", "cnnkern.kernels"],
     package_dir={"cnnkern": "cnnkern", "cnnkern.kernels": "kernels"},
+    package_data={"cnnkern": ["_data/mnist-sample/*"]},
+    include_package_data=True,
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
