@@ -45,7 +45,11 @@ if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
 
 # -std= is never passed: torch chooses the standard its headers need (C++17 up to
 # torch 2.11, C++20 from 2.12); the CUDA emulation compiles under both.
-cxx_flags = ["-O3", "-fvisibility=hidden"]
+# -fopenmp: at::parallel_for is a header template whose `#pragma omp parallel`
+# is compiled into our own objects, so without it every CPU kernel runs on one
+# thread. At run time libgomp.so.1 resolves to the copy torch has already loaded.
+cxx_flags = ["-O3", "-fvisibility=hidden", "-fopenmp"]
+link_flags = ["-fopenmp"]
 sources = _sources("csrc/ops/*.cpp", "csrc/cpu/*.cpp", "csrc/emu/*.cpp")
 define_macros = [("Py_LIMITED_API", "0x03090000")]
 if with_cuda:
@@ -57,6 +61,7 @@ if with_cuda:
         include_dirs=[os.path.join(ROOT, "csrc", "include")],
         define_macros=define_macros,
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
+        extra_link_args=link_flags,
         py_limited_api=True,
     )
 else:
@@ -66,6 +71,7 @@ else:
         include_dirs=[os.path.join(ROOT, "csrc", "include")],
         define_macros=define_macros,
         extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=link_flags,
         py_limited_api=True,
     )
 

@@ -118,15 +118,19 @@ void col2im_add(const A* dcol, const Conv2dShape& s, int64_t n0, int64_t nb, int
 // Images [n0, n0 + nb) of tensor t (N x K x P x Q), channels of group g, as a
 // (Kg, nb, P, Q) view: the layout of a GEMM operand with rows k and columns (n, p, q).
 at::Tensor chunk_view(const at::Tensor& t, int64_t n0, int64_t nb, int64_t g, int64_t Kg) {
-  return t.narrow(0, n0, nb).narrow(1, g * Kg, Kg).transpose(0, 1);
+  return t.detach().narrow(0, n0, nb).narrow(1, g * Kg, Kg).transpose(0, 1);
 }
 
+// Detached: grad mode and the dispatch guard are thread-local and do not reach
+// at::parallel_for's workers, where an out= GEMM refuses operands that require grad.
 at::Tensor weight_rows(const at::Tensor& weight, int64_t groups) {
-  return weight.to(acc_dtype(weight.scalar_type())).contiguous().view({groups, weight.size(0) / groups, -1});
+  return weight.detach().to(acc_dtype(weight.scalar_type())).contiguous().view({groups, weight.size(0) / groups, -1});
 }
 
 at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  // The ATen calls below are our own arithmetic: below autograd, as any kernel is.
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
   Conv2dShape s = conv2d_shape(input, weight, stride, padding, dilation, groups);
   check_bias(bias, weight);
   at::Tensor y = at::empty({s.N, s.K, s.P, s.Q}, input.options().memory_format(conv2d_memory_format(input, weight)));
@@ -137,7 +141,7 @@ at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, con
   const int64_t Kg = s.k_per_group(), CRS = s.c_per_group() * s.R * s.S, PQ = s.P * s.Q;
   const at::Tensor w_rows = weight_rows(weight, groups);
   const std::optional<at::Tensor> b_acc =
-      bias.has_value() ? std::optional(bias->to(acc).view({groups, Kg, 1})) : std::nullopt;
+      bias.has_value() ? std::optional(bias->detach().to(acc).view({groups, Kg, 1})) : std::nullopt;
   const int64_t chunk = images_per_chunk(s, at::elementSize(acc));
 
   CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_conv2d_cpu", [&] {
@@ -163,6 +167,8 @@ at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, con
 at::Tensor conv2d_backward_input(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
                                  at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                  int64_t groups) {
+  // The ATen calls below are our own arithmetic: below autograd, as any kernel is.
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
   Conv2dShape s = conv2d_shape(input, weight, stride, padding, dilation, groups);
   check_grad_output(grad_output, input, s);
   const auto acc = acc_dtype(input.scalar_type());
@@ -193,6 +199,8 @@ at::Tensor conv2d_backward_input(const at::Tensor& grad_output, const at::Tensor
 at::Tensor conv2d_backward_weight(const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
                                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                                   int64_t groups) {
+  // The ATen calls below are our own arithmetic: below autograd, as any kernel is.
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
   Conv2dShape s = conv2d_shape(input, weight, stride, padding, dilation, groups);
   check_grad_output(grad_output, input, s);
   const auto acc = acc_dtype(input.scalar_type());

@@ -61,10 +61,11 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntAr
           for (int64_t kw = kw_lo; kw < kw_hi; ++kw) {
             const int64_t w = w0 + kw * s.dil_w;
             const A v = static_cast<A>(src[w * s.x_stride[3]]);
-            if (max_pool_takes(v, best)) {
-              best = v;
-              best_at = h * s.W + w;
-            }
+            // Selects rather than a branch: on real activations which tap wins is
+            // unpredictable, and the mispredictions cost more than the loads.
+            const bool take = max_pool_takes(v, best);
+            best = take ? v : best;
+            best_at = take ? h * s.W + w : best_at;
           }
         }
         out[row + ow * s.y_stride[3]] = static_cast<scalar_t>(best);
