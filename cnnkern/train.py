@@ -1,0 +1,256 @@
+"""`python -m cnnkern train {mnist,cifar10}`: train a model of cnnkern.models.
+
+Defaults reproduce each model's recipe (cnnkern.models.MODELS). The data live
+on the device as one tensor (cnnkern.data.DeviceLoader); every epoch prints its
+test loss and accuracy; --out receives metrics.json, curves.png and
+checkpoint.pt. A checkpoint holds the model, the optimizer, the schedule, the
+loader's position and the RNG states, so --resume continues with exactly the
+batch and the optimizer state an uninterrupted run would have had.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import data as D
+from . import models as M
+from ._backend import BACKENDS, use_backend
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CHECKPOINT = "checkpoint.pt"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", choices=sorted(M.DEFAULT_MODEL), help="data set to train on")
+    parser.add_argument("--model", choices=sorted(M.MODELS), help="model (default: mnist-lenet / cifar-lenet5)")
+    parser.add_argument("--epochs", type=int, help="epochs to train (default: the model's recipe)")
+    parser.add_argument("--batch-size", type=int, help="training batch size (default: the recipe's)")
+    parser.add_argument("--lr", type=float, help="learning rate (peak rate for a one-cycle schedule)")
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), help="optimizer (default: the recipe's)")
+    parser.add_argument("--layers", choices=("cnnkern", "torch"), default="cnnkern",
+                        help="build the model from cnnkern's layers or torch.nn's (default: cnnkern)")
+    parser.add_argument("--backend", choices=BACKENDS, help="cnnkern backend (default: cpu on CPU, triton on CUDA)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES),
+                        help="parameter and activation dtype (default: float32; the recipe's on a GPU)")
+    parser.add_argument("--data-dir", help="directory with the data set (else $CNNKERN_DATA, ~/.cache/cnnkern)")
+    parser.add_argument("--no-download", action="store_true", help="never download the data set")
+    parser.add_argument("--seed", type=int, default=1, help="seed for initialisation, shuffling, augmentation")
+    parser.add_argument("--out", help="output directory (default: runs/<model>)")
+    parser.add_argument("--resume", metavar="CKPT", help="continue from this checkpoint.pt")
+    parser.add_argument("--save-every", type=int, default=0, metavar="STEPS",
+                        help="also checkpoint every STEPS steps within an epoch (default: at epoch ends only)")
+    parser.add_argument("--max-steps", type=int, default=0,
+                        help="stop after this many steps in total (0: train all epochs)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _config(args: argparse.Namespace) -> dict:
+    """The run's full configuration: explicit flags over the model's recipe."""
+    model = args.model or M.DEFAULT_MODEL[args.dataset]
+    spec = M.MODELS[model]
+    if spec.recipe.dataset != args.dataset:
+        raise SystemExit(f"model {model} is for {spec.recipe.dataset}, not {args.dataset}")
+    r = spec.recipe
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available (use --device cpu)")
+    gpu = device == "cuda"
+    return {
+        "dataset": args.dataset, "model": model, "layers": args.layers, "backend": args.backend,
+        "device": device, "dtype": args.dtype or (r.gpu_dtype if gpu else "float32"),
+        "channels_last": gpu and r.gpu_channels_last,
+        "epochs": args.epochs if args.epochs is not None else r.epochs,
+        "batch_size": args.batch_size or r.batch_size, "lr": args.lr if args.lr is not None else r.lr,
+        "optimizer": args.optimizer or r.optimizer, "momentum": r.momentum, "nesterov": r.nesterov,
+        "weight_decay": r.weight_decay, "label_smoothing": r.label_smoothing, "schedule": r.schedule,
+        "warmup_frac": r.warmup_frac, "crop_padding": r.crop_padding, "flip": r.flip, "seed": args.seed,
+    }
+
+
+def make_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    if cfg["optimizer"] == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+                               nesterov=cfg["nesterov"], weight_decay=cfg["weight_decay"])
+    return torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, cfg: dict, total_steps: int):
+    if cfg["schedule"] == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    warmup = max(1, int(cfg["warmup_frac"] * total_steps))
+
+    def one_cycle(step: int) -> float:  # linear up to the peak, linear down to zero
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, one_cycle)
+
+
+def load_data(cfg: dict, data_dir: str | None, download: bool) -> D.ImageDataset:
+    try:
+        return D.load_dataset(cfg["dataset"], data_dir, download=download)
+    except D.DatasetNotFoundError as exc:
+        if cfg["dataset"] != "mnist":
+            raise SystemExit(str(exc)) from None
+        data = D.load_dataset("mnist", data_dir, download=False, allow_sample=True)
+        print(f"MNIST not found and not downloadable: training on the {len(data.train_labels):,}-image sample "
+              f"shipped with cnnkern (pass --data-dir for the full set)", flush=True)
+        return data
+
+
+def evaluate(model: torch.nn.Module, loader: D.DeviceLoader) -> tuple[float, float]:
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    with torch.no_grad():
+        for images, labels in loader:
+            logits = model(images)
+            loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
+            correct += (logits.argmax(1) == labels).sum().item()
+    model.train()
+    return loss_sum / loader.num_samples, 100.0 * correct / loader.num_samples
+
+
+def _rng_state(device: str) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def save_checkpoint(path: Path, cfg, model, optimizer, schedule, loader, step, history) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save({"config": cfg, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "loader": loader.state_dict(), "step": step,
+                "history": history, "rng": _rng_state(cfg["device"])}, tmp)
+    os.replace(tmp, path)
+
+
+def plot_curves(history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax_loss.plot(epochs, [h["test_loss"] for h in history], "o-", label="test")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    ax_loss.legend()
+    ax_acc.plot(epochs, [h["test_accuracy"] for h in history], "o-", color="C2")
+    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="accuracy")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train(cfg: dict, out: Path, *, data_dir=None, download=True, resume: dict | None = None,
+          save_every: int = 0, max_steps: int = 0, progress: bool = True) -> list[dict]:
+    """Runs (or continues) training as configured; returns the per-epoch history."""
+    device, dtype = torch.device(cfg["device"]), DTYPES[cfg["dtype"]]
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_data(cfg, data_dir, download)
+    torch.manual_seed(cfg["seed"])
+    model = M.build(cfg["model"], cfg["layers"]).to(device=device, dtype=dtype)
+    if cfg["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    common = dict(mean=data.mean, std=data.std, device=device, dtype=dtype, channels_last=cfg["channels_last"])
+    train_loader = D.DeviceLoader(data.train_images, data.train_labels, cfg["batch_size"], shuffle=True,
+                                  drop_last=False, crop_padding=cfg["crop_padding"], flip=cfg["flip"],
+                                  seed=cfg["seed"], **common)
+    test_loader = D.DeviceLoader(data.test_images, data.test_labels, 1000, **common)
+    steps_per_epoch = len(train_loader)
+    optimizer = make_optimizer(model, cfg)
+    schedule = make_schedule(optimizer, cfg, cfg["epochs"] * steps_per_epoch)
+    history: list[dict] = []
+    step = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        schedule.load_state_dict(resume["schedule"])
+        train_loader.load_state_dict(resume["loader"])
+        step, history = resume["step"], resume["history"]
+        torch.set_rng_state(resume["rng"]["cpu"])
+        if "cuda" in resume["rng"]:
+            torch.cuda.set_rng_state(resume["rng"]["cuda"])
+
+    ckpt = out / CHECKPOINT
+    source = "the shipped sample" if data.is_sample else data.source
+    print(f"{cfg['model']} on {cfg['dataset']} ({len(data.train_labels):,} train / {len(data.test_labels):,} test "
+          f"images from {source}); {cfg['layers']} layers, backend {cfg['backend'] or 'default'}, "
+          f"{cfg['device']} {cfg['dtype']}", flush=True)
+    from tqdm import tqdm
+
+    with use_backend(cfg["backend"]):
+        while train_loader.state_dict()["epoch"] < cfg["epochs"]:
+            epoch = train_loader.state_dict()["epoch"]
+            first = train_loader.state_dict()["position"]
+            bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg['epochs']}",
+                       disable=not progress, mininterval=1.0, file=sys.stderr, leave=False)
+            loss_sum, seen, start = 0.0, 0, time.perf_counter()
+            for images, labels in train_loader:
+                loss = F.cross_entropy(model(images).float(), labels, label_smoothing=cfg["label_smoothing"])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                step += 1
+                loss_sum += loss.item() * len(labels)
+                seen += len(labels)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}",
+                                img_s=f"{seen / (time.perf_counter() - start):.0f}", refresh=False)
+                stop = max_steps and step >= max_steps
+                if (save_every and step % save_every == 0) or stop:
+                    save_checkpoint(ckpt, cfg, model, optimizer, schedule, train_loader, step, history)
+                if stop:
+                    bar.close()
+                    print(f"stopped after {step} steps; checkpoint in {ckpt}", flush=True)
+                    return history
+            bar.close()
+            seconds = time.perf_counter() - start
+            test_loss, test_acc = evaluate(model, test_loader)
+            history.append({"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "test_loss": test_loss,
+                            "test_accuracy": test_acc, "seconds": seconds,
+                            "images_per_second": seen / seconds if seconds > 0 else math.nan,
+                            "partial_epoch": first > 0})
+            print(f"epoch {epoch + 1}/{cfg['epochs']}: train loss {history[-1]['train_loss']:.4f}, "
+                  f"test loss {test_loss:.4f}, test accuracy {test_acc:.2f}%, "
+                  f"{history[-1]['images_per_second']:.0f} images/s, {seconds:.1f} s", flush=True)
+            save_checkpoint(ckpt, cfg, model, optimizer, schedule, train_loader, step, history)
+
+    (out / "metrics.json").write_text(json.dumps({"config": cfg, "data_source": source, "epochs": history},
+                                                 indent=2) + "\n")
+    if history:
+        plot_curves(history, out / "curves.png", f"{cfg['model']} ({cfg['layers']} layers)")
+    print(f"wrote {out / 'metrics.json'}, {out / 'curves.png'} and {ckpt}", flush=True)
+    return history
+
+
+def main(args: argparse.Namespace) -> int:
+    resume = None
+    if args.resume:
+        resume = torch.load(args.resume, map_location="cpu", weights_only=False)
+        cfg = dict(resume["config"])
+        if cfg["dataset"] != args.dataset:
+            raise SystemExit(f"{args.resume} is a {cfg['dataset']} run, not {args.dataset}")
+        if args.epochs is not None:
+            cfg["epochs"] = args.epochs
+        out = Path(args.out) if args.out else Path(args.resume).parent
+    else:
+        cfg = _config(args)
+        out = Path(args.out or os.path.join("runs", cfg["model"]))
+    train(cfg, out, data_dir=args.data_dir, download=not args.no_download, resume=resume,
+          save_every=args.save_every, max_steps=args.max_steps, progress=not args.quiet)
+    return 0
