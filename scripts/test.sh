@@ -2,8 +2,9 @@
 # The test command: set up (scripts/env.sh), then every test on every backend
 # this machine has. Without a GPU: Triton through its interpreter, the CUDA
 # kernels through their host emulation, plus an ahead-of-time compile of the
-# Triton kernels for sm_80/sm_90 and the emulation's standalone harness.
-# Extra arguments go to pytest.
+# Triton kernels for sm_80/sm_90 and the emulation's standalone harness. Then a
+# short benchmark pass (cnnkern against torch per op and per training step)
+# and its ratio table. Extra arguments go to pytest.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$ROOT/scripts/env.sh"
@@ -26,3 +27,8 @@ if [[ -f build/triton_aot.txt ]]; then
   echo "--- Triton kernels compiled ahead of time (registers, spills, shared memory)"
   cat build/triton_aot.txt
 fi
+echo "--- quick benchmark pass (CNNKERN_BENCH_QUICK=1): ratio = torch time / cnnkern time, > 1 means cnnkern is faster"
+mkdir -p build
+CNNKERN_BENCH_QUICK=1 python -m pytest benchmarks/ --benchmark-only -q -p no:cacheprovider \
+  --benchmark-json=build/bench-quick.json --benchmark-columns=median,iqr,rounds
+python scripts/bench_table.py build/bench-quick.json --png build/bench-quick.png
