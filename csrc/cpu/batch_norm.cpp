@@ -7,6 +7,10 @@
 // spread. Apply: one pass per element. Backward: per channel, one pass
 // reduces Σg and Σg·x̂ (g = dy where the saved output is positive), one more
 // writes dx. Everything accumulates in fp32 (double for double).
+// When every tensor's (n, c) plane is one contiguous run (NCHW), the loops run
+// over that run with eight partial sums, which lets the compiler vectorise
+// them without reassociating a single sum chain; other layouts take the
+// general strided loops.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -27,23 +31,66 @@ struct Planes {
       : N(t.size(0)), H(t.size(2)), W(t.size(3)), sn(t.stride(0)), sc(t.stride(1)), sh(t.stride(2)),
         sw(t.stride(3)) {}
   int64_t at(int64_t n, int64_t c, int64_t h, int64_t w) const { return n * sn + c * sc + h * sh + w * sw; }
+  bool contiguous_planes() const { return sw == 1 && (sh == W || H == 1); }
 };
+
+constexpr int kLanes = 8;
+
+template <typename A>
+A lanes_total(const A (&lanes)[kLanes]) {
+  A total = 0;
+  for (A v : lanes) total += v;
+  return total;
+}
+
+// Σ x and Σ (x - mean)² over one contiguous run.
+template <typename T, typename A>
+A run_sum(const T* x, int64_t len) {
+  A lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= len; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) lanes[j] += static_cast<A>(x[i + j]);
+  for (; i < len; ++i) lanes[0] += static_cast<A>(x[i]);
+  return lanes_total(lanes);
+}
+
+template <typename T, typename A>
+A run_m2(const T* x, int64_t len, A mean) {
+  A lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= len; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) {
+      const A d = static_cast<A>(x[i + j]) - mean;
+      lanes[j] += d * d;
+    }
+  for (; i < len; ++i) {
+    const A d = static_cast<A>(x[i]) - mean;
+    lanes[0] += d * d;
+  }
+  return lanes_total(lanes);
+}
 
 template <typename T, typename A>
 void channel_statistics(const T* x, const Planes& p, int64_t c, A* mean_out, A* var_out) {
   A count = 0, mean = 0, m2 = 0;
   const A plane_count = static_cast<A>(p.H * p.W);
   for (int64_t n = 0; n < p.N; ++n) {
-    A sum = 0;
-    for (int64_t h = 0; h < p.H; ++h)
-      for (int64_t w = 0; w < p.W; ++w) sum += static_cast<A>(x[p.at(n, c, h, w)]);
-    const A plane_mean = sum / plane_count;
-    A plane_m2 = 0;
-    for (int64_t h = 0; h < p.H; ++h)
-      for (int64_t w = 0; w < p.W; ++w) {
-        const A d = static_cast<A>(x[p.at(n, c, h, w)]) - plane_mean;
-        plane_m2 += d * d;
-      }
+    A plane_mean, plane_m2 = 0;
+    if (p.contiguous_planes()) {
+      const T* run = x + p.at(n, c, 0, 0);
+      plane_mean = run_sum<T, A>(run, p.H * p.W) / plane_count;
+      plane_m2 = run_m2<T, A>(run, p.H * p.W, plane_mean);
+    } else {
+      A sum = 0;
+      for (int64_t h = 0; h < p.H; ++h)
+        for (int64_t w = 0; w < p.W; ++w) sum += static_cast<A>(x[p.at(n, c, h, w)]);
+      plane_mean = sum / plane_count;
+      for (int64_t h = 0; h < p.H; ++h)
+        for (int64_t w = 0; w < p.W; ++w) {
+          const A d = static_cast<A>(x[p.at(n, c, h, w)]) - plane_mean;
+          plane_m2 += d * d;
+        }
+    }
     // Chan et al.: merge (count, mean, m2) with the plane's statistics.
     const A total = count + plane_count, delta = plane_mean - mean;
     mean += delta * plane_count / total;
@@ -90,6 +137,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu(
         if (training) channel_statistics(x, px, c, &mean_p[c], &var_p[c]);
         const A scale = (w_p ? w_p[c] : A(1)) / std::sqrt(var_p[c] + static_cast<A>(eps));
         const A shift = (b_p ? b_p[c] : A(0)) - mean_p[c] * scale;
+        if (px.contiguous_planes() && py.contiguous_planes()) {
+          for (int64_t n = 0; n < px.N; ++n) {
+            const scalar_t* src = x + px.at(n, c, 0, 0);
+            scalar_t* dst = out + py.at(n, c, 0, 0);
+            for (int64_t i = 0; i < px.H * px.W; ++i) {
+              const A v = static_cast<A>(src[i]) * scale + shift;
+              dst[i] = static_cast<scalar_t>(v > A(0) ? v : A(0));
+            }
+          }
+          continue;
+        }
         for (int64_t n = 0; n < px.N; ++n)
           for (int64_t h = 0; h < px.H; ++h)
             for (int64_t ww = 0; ww < px.W; ++ww) {
@@ -137,6 +195,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_backward(
         auto g_at = [&](int64_t n, int64_t h, int64_t ww) {
           return static_cast<A>(y[py.at(n, c, h, ww)]) > A(0) ? static_cast<A>(dy[pdy.at(n, c, h, ww)]) : A(0);
         };
+        const A mu = mean_p[c];
+        const A scale = (w_p ? w_p[c] : A(1)) * invstd;
+        if (px.contiguous_planes() && py.contiguous_planes() && pdy.contiguous_planes() && pdx.contiguous_planes()) {
+          const int64_t len = px.H * px.W;
+          A lanes_g[kLanes] = {}, lanes_gx[kLanes] = {};
+          for (int64_t n = 0; n < px.N; ++n) {
+            const scalar_t* xs = x + px.at(n, c, 0, 0);
+            const scalar_t* ys = y + py.at(n, c, 0, 0);
+            const scalar_t* gs = dy + pdy.at(n, c, 0, 0);
+            int64_t i = 0;
+            for (; i + kLanes <= len; i += kLanes)
+              for (int j = 0; j < kLanes; ++j) {
+                const A g = static_cast<A>(ys[i + j]) > A(0) ? static_cast<A>(gs[i + j]) : A(0);
+                lanes_g[j] += g;
+                lanes_gx[j] += g * (static_cast<A>(xs[i + j]) - mu);
+              }
+            for (; i < len; ++i) {
+              const A g = static_cast<A>(ys[i]) > A(0) ? static_cast<A>(gs[i]) : A(0);
+              lanes_g[0] += g;
+              lanes_gx[0] += g * (static_cast<A>(xs[i]) - mu);
+            }
+          }
+          const A sum_g = lanes_total(lanes_g), sum_gx = lanes_total(lanes_gx) * invstd;
+          gb[c] = sum_g;
+          gw[c] = sum_gx;
+          // dx = scale * (g - mean(g) - x̂ * mean(g x̂)), with x̂ = (x - mu) * invstd folded into k.
+          const A g_mean = training ? sum_g / count : A(0);
+          const A k = training ? sum_gx / count * invstd : A(0);
+          for (int64_t n = 0; n < px.N; ++n) {
+            const scalar_t* xs = x + px.at(n, c, 0, 0);
+            const scalar_t* ys = y + py.at(n, c, 0, 0);
+            const scalar_t* gs = dy + pdy.at(n, c, 0, 0);
+            scalar_t* ds = out + pdx.at(n, c, 0, 0);
+            for (int64_t i = 0; i < len; ++i) {
+              const A g = static_cast<A>(ys[i]) > A(0) ? static_cast<A>(gs[i]) : A(0);
+              ds[i] = static_cast<scalar_t>(scale * (g - g_mean - (static_cast<A>(xs[i]) - mu) * k));
+            }
+          }
+          continue;
+        }
         A sum_g = 0, sum_gx = 0;
         for (int64_t n = 0; n < px.N; ++n)
           for (int64_t h = 0; h < px.H; ++h)
@@ -147,7 +245,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_backward(
             }
         gb[c] = sum_g;
         gw[c] = sum_gx;
-        const A scale = (w_p ? w_p[c] : A(1)) * invstd;
         for (int64_t n = 0; n < px.N; ++n)
           for (int64_t h = 0; h < px.H; ++h)
             for (int64_t ww = 0; ww < px.W; ++ww) {

@@ -13,6 +13,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <limits>
 #include <vector>
 
@@ -49,7 +50,36 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntAr
       const int64_t h0 = oh * s.stride_h - s.pad_h;
       int64_t kh_lo, kh_hi;
       conv_tap_range(h0, s.H, s.kernel_h, s.dil_h, &kh_lo, &kh_hi);
+      // Columns whose window lies wholly inside the row: the window's first and
+      // last taps are both in bounds. They skip the per-output range and seed logic.
+      int64_t in_lo = 0, in_hi = 0, last_lo, last_hi;
+      if (kh_lo < kh_hi) {
+        conv_valid_range(s.W, 0, s.stride_w, s.pad_w, s.dil_w, s.OW, &in_lo, &in_hi);
+        conv_valid_range(s.W, s.kernel_w - 1, s.stride_w, s.pad_w, s.dil_w, s.OW, &last_lo, &last_hi);
+        in_lo = std::max(in_lo, last_lo);
+        in_hi = std::max(in_lo, std::min(in_hi, last_hi));
+      }
+      const int64_t xs_h = s.x_stride[2], xs_w = s.x_stride[3];
+      for (int64_t ow = in_lo; ow < in_hi; ++ow) {
+        const int64_t w0 = ow * s.stride_w - s.pad_w;
+        A best = -std::numeric_limits<A>::infinity();
+        int64_t best_at = (h0 + kh_lo * s.dil_h) * s.W + w0;
+        for (int64_t kh = kh_lo; kh < kh_hi; ++kh) {
+          const int64_t h = h0 + kh * s.dil_h;
+          const scalar_t* src = plane + h * xs_h + w0 * xs_w;
+          for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
+            const A v = static_cast<A>(src[kw * s.dil_w * xs_w]);
+            const bool take = max_pool_takes(v, best);
+            best = take ? v : best;
+            best_at = take ? h * s.W + w0 + kw * s.dil_w : best_at;
+          }
+        }
+        out[row + ow * s.y_stride[3]] = static_cast<scalar_t>(best);
+        idx[row + ow * s.y_stride[3]] = best_at;
+      }
       for (int64_t ow = 0; ow < s.OW; ++ow) {
+        if (ow == in_lo && in_lo < in_hi) ow = in_hi;  // done above
+        if (ow >= s.OW) break;
         const int64_t w0 = ow * s.stride_w - s.pad_w;
         int64_t kw_lo, kw_hi;
         conv_tap_range(w0, s.W, s.kernel_w, s.dil_w, &kw_lo, &kw_hi);
