@@ -70,6 +70,9 @@ def check_against_torch(case, dtype, backend, device, layout="contiguous"):
     for name, g, g_ref, t in zip(("input", "weight", "bias"), grads, grads_ref, ours):
         assert g.shape == t.shape and g.dtype == dtype
         assert_close(g, g_ref, dtype, backend, device, f"grad {name}")
+    # The input gradient takes the output's memory format, as torch's does.
+    format = suggest_memory_format(y)
+    assert grads[0].is_contiguous(memory_format=format), (format, grads[0].stride())
     return y
 
 

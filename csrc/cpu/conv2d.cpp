@@ -174,7 +174,8 @@ at::Tensor conv2d_backward_input(const at::Tensor& grad_output, const at::Tensor
   const auto acc = acc_dtype(input.scalar_type());
   const auto format = conv2d_memory_format(input, weight);
   // col2im accumulates, so dx starts at zero, in the accumulator type.
-  at::Tensor dx = at::zeros(input.sizes(), input.options().dtype(acc).memory_format(format));
+  // (at::zeros would drop the memory format: allocate, then zero.)
+  at::Tensor dx = at::empty(input.sizes(), input.options().dtype(acc).memory_format(format)).zero_();
   if (dx.numel() == 0 || grad_output.numel() == 0) return dx.to(input.scalar_type());
   fill_strides(s.x_stride, dx);
 
