@@ -4,7 +4,9 @@
 # kernels through their host emulation, plus an ahead-of-time compile of the
 # Triton kernels for sm_80/sm_90 and the emulation's standalone harness. Then a
 # short benchmark pass (cnnkern against torch per op and per training step)
-# and its ratio table. Extra arguments go to pytest.
+# and its ratio table, and the CPU epoch-time ratio (printed, not enforced:
+# timings on a shared machine are too noisy to gate on). Extra arguments go
+# to pytest.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$ROOT/scripts/env.sh"
@@ -32,3 +34,7 @@ mkdir -p build
 CNNKERN_BENCH_QUICK=1 python -m pytest benchmarks/ --benchmark-only -q -p no:cacheprovider \
   --benchmark-json=build/bench-quick.json --benchmark-columns=median,iqr,rounds
 python scripts/bench_table.py build/bench-quick.json --png build/bench-quick.png
+echo "--- CPU speed target: one mnist-lenet epoch, cnnkern (cpu backend) against torch.nn"
+DATA_DIR=()
+if [[ -d "$ROOT/../shared/data/mnist" ]]; then DATA_DIR=(--data-dir "$ROOT/../shared/data/mnist"); fi
+python scripts/epoch_ratio.py "${DATA_DIR[@]}" --repeats 1
