@@ -29,8 +29,8 @@
 namespace cnnkern::cpu {
 namespace {
 
-constexpr int64_t kTargetColumns = 512;
-constexpr int64_t kColumnBudgetBytes = int64_t{512} << 10;
+constexpr int64_t kTargetColumns = 2048;
+constexpr int64_t kColumnBudgetBytes = int64_t{1} << 20;
 
 int64_t images_per_chunk(const Conv2dShape& s, int64_t elem_bytes) {
   const int64_t PQ = s.P * s.Q;

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../ops/pool2d_common.h"
@@ -62,18 +63,26 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntAr
       const int64_t xs_h = s.x_stride[2], xs_w = s.x_stride[3];
       for (int64_t ow = in_lo; ow < in_hi; ++ow) {
         const int64_t w0 = ow * s.stride_w - s.pad_w;
+        // max_pool_takes, written so that it compiles without branches (which
+        // tap wins is unpredictable, and mispredictions cost more than the
+        // loads): the running max is a plain max, a NaN is tracked beside it
+        // and, as in max_pool_takes, every later NaN takes the index.
         A best = -std::numeric_limits<A>::infinity();
         int64_t best_at = (h0 + kh_lo * s.dil_h) * s.W + w0;
+        bool seen_nan = false;
         for (int64_t kh = kh_lo; kh < kh_hi; ++kh) {
           const int64_t h = h0 + kh * s.dil_h;
           const scalar_t* src = plane + h * xs_h + w0 * xs_w;
           for (int64_t kw = 0; kw < s.kernel_w; ++kw) {
             const A v = static_cast<A>(src[kw * s.dil_w * xs_w]);
-            const bool take = max_pool_takes(v, best);
-            best = take ? v : best;
+            const bool is_nan = v != v;
+            const bool take = ((v > best) & !seen_nan) | is_nan;
+            best = std::max(best, v);
             best_at = take ? h * s.W + w0 + kw * s.dil_w : best_at;
+            seen_nan |= is_nan;
           }
         }
+        if (seen_nan) best = std::numeric_limits<A>::quiet_NaN();
         out[row + ow * s.y_stride[3]] = static_cast<scalar_t>(best);
         idx[row + ow * s.y_stride[3]] = best_at;
       }
@@ -107,13 +116,27 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntAr
 }
 
 // Runs fn(n, c, buf) for every plane, buf being a zeroed H*W accumulator the
-// gradient is scattered into, then writes buf to dx through dx's strides.
+// gradient is scattered into, then writes buf to dx through dx's strides
+// (or, for a contiguous fp32/fp64 plane, is the plane itself).
 // A plane belongs to one thread and is filled in output order: no races and
 // a repeatable sum, at the cost of one plane-sized buffer per task.
 template <typename scalar_t, typename F>
 void scatter_planes(const Pool2dShape& s, scalar_t* dx, F&& fn) {
   using A = acc_t<scalar_t>;
+  // A contiguous plane of the accumulator type is its own accumulator.
+  const bool in_place = std::is_same_v<scalar_t, A> && s.x_stride[3] == 1 && s.x_stride[2] == s.W;
   at::parallel_for(0, s.N * s.C, 1, [&](int64_t begin, int64_t end) {
+    if constexpr (std::is_same_v<scalar_t, A>) {
+      if (in_place) {
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t n = i / s.C, c = i % s.C;
+          A* plane = dx + n * s.x_stride[0] + c * s.x_stride[1];
+          std::fill(plane, plane + s.H * s.W, A(0));
+          fn(n, c, plane);
+        }
+        return;
+      }
+    }
     std::vector<A> buf(s.H * s.W);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / s.C, c = i % s.C;

@@ -81,7 +81,7 @@ CNNKERN_HD int64_t max_pool_start_index(const Pool2dShape& s, int64_t oh, int64_
 // value equal to the best so far does not (so ties keep the first index).
 template <typename A>
 CNNKERN_HD bool max_pool_takes(A value, A best) {
-  return value > best || value != value;
+  return (value > best) | (value != value);  // "|": no short-circuit branch in the CPU loops
 }
 
 }  // namespace cnnkern
