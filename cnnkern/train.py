@@ -53,27 +53,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def recipe_config(model: str, *, device: str = "cpu", layers: str = "cnnkern", backend: str | None = None,
+                  seed: int = 1, **overrides) -> dict:
+    """A run's full configuration: model `model`'s recipe, with `overrides` (any
+    key of the result, e.g. epochs=1, lr=0.05) taking precedence."""
+    r = M.MODELS[model].recipe
+    gpu = device == "cuda"
+    cfg = {
+        "dataset": r.dataset, "model": model, "layers": layers, "backend": backend, "device": device,
+        "dtype": r.gpu_dtype if gpu else "float32", "channels_last": gpu and r.gpu_channels_last,
+        "epochs": r.epochs, "batch_size": r.batch_size, "lr": r.lr, "optimizer": r.optimizer,
+        "momentum": r.momentum, "nesterov": r.nesterov, "weight_decay": r.weight_decay,
+        "label_smoothing": r.label_smoothing, "schedule": r.schedule, "warmup_frac": r.warmup_frac,
+        "crop_padding": r.crop_padding, "flip": r.flip, "seed": seed,
+    }
+    unknown = set(overrides) - set(cfg)
+    if unknown:
+        raise ValueError(f"unknown configuration keys: {', '.join(sorted(unknown))}")
+    cfg.update(overrides)
+    return cfg
+
+
 def _config(args: argparse.Namespace) -> dict:
-    """The run's full configuration: explicit flags over the model's recipe."""
+    """The command line's configuration: explicit flags over the model's recipe."""
     model = args.model or M.DEFAULT_MODEL[args.dataset]
-    spec = M.MODELS[model]
-    if spec.recipe.dataset != args.dataset:
-        raise SystemExit(f"model {model} is for {spec.recipe.dataset}, not {args.dataset}")
-    r = spec.recipe
+    if M.MODELS[model].recipe.dataset != args.dataset:
+        raise SystemExit(f"model {model} is for {M.MODELS[model].recipe.dataset}, not {args.dataset}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available (use --device cpu)")
-    gpu = device == "cuda"
-    return {
-        "dataset": args.dataset, "model": model, "layers": args.layers, "backend": args.backend,
-        "device": device, "dtype": args.dtype or (r.gpu_dtype if gpu else "float32"),
-        "channels_last": gpu and r.gpu_channels_last,
-        "epochs": args.epochs if args.epochs is not None else r.epochs,
-        "batch_size": args.batch_size or r.batch_size, "lr": args.lr if args.lr is not None else r.lr,
-        "optimizer": args.optimizer or r.optimizer, "momentum": r.momentum, "nesterov": r.nesterov,
-        "weight_decay": r.weight_decay, "label_smoothing": r.label_smoothing, "schedule": r.schedule,
-        "warmup_frac": r.warmup_frac, "crop_padding": r.crop_padding, "flip": r.flip, "seed": args.seed,
-    }
+    flags = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer,
+             "dtype": args.dtype}
+    return recipe_config(model, device=device, layers=args.layers, backend=args.backend, seed=args.seed,
+                         **{key: value for key, value in flags.items() if value is not None})
 
 
 def make_optimizer(model: torch.nn.Module, cfg: dict) -> torch.optim.Optimizer:

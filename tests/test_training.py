@@ -47,14 +47,7 @@ def cifar_dir(tmp_path_factory):
 
 
 def _config(model, **overrides):
-    cfg = {"dataset": models.MODELS[model].recipe.dataset, "model": model, "layers": "cnnkern", "backend": "cpu",
-           "device": "cpu", "dtype": "float32", "channels_last": False, "seed": 1}
-    recipe = models.MODELS[model].recipe
-    for key in ("epochs", "batch_size", "lr", "optimizer", "momentum", "nesterov", "weight_decay",
-                "label_smoothing", "schedule", "warmup_frac", "crop_padding", "flip"):
-        cfg[key] = getattr(recipe, key)
-    cfg.update(overrides)
-    return cfg
+    return train.recipe_config(model, backend="cpu", **overrides)
 
 
 def test_mnist_lenet_one_epoch_reaches_97_percent(mnist, tmp_path):

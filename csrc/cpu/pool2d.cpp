@@ -86,9 +86,9 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntAr
         out[row + ow * s.y_stride[3]] = static_cast<scalar_t>(best);
         idx[row + ow * s.y_stride[3]] = best_at;
       }
-      for (int64_t ow = 0; ow < s.OW; ++ow) {
-        if (ow == in_lo && in_lo < in_hi) ow = in_hi;  // done above
-        if (ow >= s.OW) break;
+      // Windows reaching into the padding (or past the end): few, so the general
+      // rule per tap, max_pool_takes, and the seed index torch would report.
+      auto edge = [&](int64_t ow) {
         const int64_t w0 = ow * s.stride_w - s.pad_w;
         int64_t kw_lo, kw_hi;
         conv_tap_range(w0, s.W, s.kernel_w, s.dil_w, &kw_lo, &kw_hi);
@@ -100,16 +100,17 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d(const at::Tensor& input, at::IntAr
           for (int64_t kw = kw_lo; kw < kw_hi; ++kw) {
             const int64_t w = w0 + kw * s.dil_w;
             const A v = static_cast<A>(src[w * s.x_stride[3]]);
-            // Selects rather than a branch: on real activations which tap wins is
-            // unpredictable, and the mispredictions cost more than the loads.
-            const bool take = max_pool_takes(v, best);
-            best = take ? v : best;
-            best_at = take ? h * s.W + w : best_at;
+            if (max_pool_takes(v, best)) {
+              best = v;
+              best_at = h * s.W + w;
+            }
           }
         }
         out[row + ow * s.y_stride[3]] = static_cast<scalar_t>(best);
         idx[row + ow * s.y_stride[3]] = best_at;
-      }
+      };
+      for (int64_t ow = 0; ow < in_lo; ++ow) edge(ow);
+      for (int64_t ow = in_hi; ow < s.OW; ++ow) edge(ow);
     });
   });
   return {y, indices};
