@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cnnkern import models
+from cnnkern import models, train
 
 from .conftest import DEVICES, QUICK, batch_size, bench_param, impl_context, impls, model_label
 
@@ -36,15 +36,6 @@ def cases():
                 yield bench_param(name, device, impl, group=group, id=f"{name}-{where.replace(' ', '-')}-{impl}")
 
 
-def optimizer(params, recipe: models.Recipe) -> torch.optim.Optimizer:
-    if recipe.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
-                               weight_decay=recipe.weight_decay)
-    if recipe.optimizer == "adam":
-        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    raise ValueError(f"unknown optimizer {recipe.optimizer!r} in the recipe")
-
-
 def network(name: str, impl: str) -> torch.nn.Module:
     """Model `name` with impl's layers, initialised identically for every impl."""
     torch.manual_seed(0)
@@ -62,7 +53,7 @@ def test_train_step(timed, name, device, impl):
     dtype, channels_last = setting(name, device)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     net = network(name, impl).to(device=device, dtype=dtype, memory_format=layout).train()
-    opt = optimizer(net.parameters(), spec.recipe)
+    opt = train.make_optimizer(net, train.recipe_config(name))
     gen = torch.Generator().manual_seed(1)
     batch = batch_size(name, device)
     x = torch.randn(batch, *spec.input_shape, generator=gen).to(device=device, dtype=dtype, memory_format=layout)

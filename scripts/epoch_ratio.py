@@ -17,15 +17,15 @@ import torch.nn.functional as F
 
 import cnnkern
 from cnnkern import data as D
-from cnnkern import models
+from cnnkern import models, train
 
 
 def epoch_seconds(layers: str, dataset: D.ImageDataset, steps: int) -> float:
     torch.manual_seed(0)
     model = models.build("mnist-lenet", layers)
-    recipe = models.MODELS["mnist-lenet"].recipe
-    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
-    loader = D.DeviceLoader(dataset.train_images, dataset.train_labels, recipe.batch_size, mean=dataset.mean,
+    cfg = train.recipe_config("mnist-lenet")
+    opt = train.make_optimizer(model, cfg)
+    loader = D.DeviceLoader(dataset.train_images, dataset.train_labels, cfg["batch_size"], mean=dataset.mean,
                             std=dataset.std, shuffle=True, seed=0)
     start = time.perf_counter()
     for step, (images, labels) in enumerate(loader):
