@@ -181,11 +181,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_backward(
     const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& input, const at::Tensor& mean,
     const at::Tensor& var, const std::optional<at::Tensor>& weight, bool training, double eps) {
-  check_batch_norm_input(input);
-  TORCH_CHECK(grad_output.sizes() == input.sizes() && output.sizes() == input.sizes(),
-              "cnnkern batch_norm_relu_backward: grad_output and output must have the input's shape");
-  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type() && output.scalar_type() == input.scalar_type(),
-              "cnnkern batch_norm_relu_backward: grad_output and output must have the input's dtype");
+  check_batch_norm_backward(grad_output, output, input);
   const auto w = channel_vector(weight, input, "weight");
   const auto m = channel_vector(mean, input, "mean");
   const auto v = channel_vector(var, input, "var");

@@ -15,6 +15,14 @@ inline void check_batch_norm_input(const at::Tensor& input) {
   TORCH_CHECK(at::isFloatingType(input.scalar_type()), "cnnkern batch_norm_relu: expected a floating-point input");
 }
 
+inline void check_batch_norm_backward(const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& input) {
+  check_batch_norm_input(input);
+  TORCH_CHECK(grad_output.sizes() == input.sizes() && output.sizes() == input.sizes(),
+              "cnnkern batch_norm_relu_backward: grad_output and output must have the input's shape");
+  TORCH_CHECK(grad_output.scalar_type() == input.scalar_type() && output.scalar_type() == input.scalar_type(),
+              "cnnkern batch_norm_relu_backward: grad_output and output must have the input's dtype");
+}
+
 // A per-channel vector as a contiguous accumulator-typed tensor (null if absent).
 inline std::optional<at::Tensor> channel_vector(const std::optional<at::Tensor>& t, const at::Tensor& input,
                                                 const char* name) {
