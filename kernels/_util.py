@@ -1,8 +1,12 @@
 """What the Triton kernel files share: interpreter detection, the int32 guard,
-and element numbering for the flat (one element per lane) kernels."""
+the GPU a launch is planned for, and element numbering for the flat (one
+element per lane) kernels."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -23,6 +27,47 @@ def check_int32_indexable(*tensors: torch.Tensor) -> None:
             raise RuntimeError(
                 f"cnnkern's triton backend indexes with 32-bit offsets and a tensor of shape {tuple(t.shape)} "
                 f"spans {extent} elements (limit {_INT32_LIMIT - 1}); use the 'cuda' backend or split the batch")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a launcher needs to know of the GPU it plans for: compute capability
+    (90 for sm_90) and SM count (grid sizing, split-K). interpreted=True: the
+    Triton interpreter on CPU tensors, where one small tile is all that runs."""
+
+    arch: int
+    sm_count: int
+    interpreted: bool = False
+
+
+_INTERPRETER_TARGET = Target(arch=0, sm_count=4, interpreted=True)
+_planning: list[Target] = []  # scripts/gpu_profile.py plans launches for a GPU this machine does not have
+
+
+@contextlib.contextmanager
+def planning_for(arch: int, sm_count: int):
+    """Launchers plan for this GPU, whatever device the tensors are on: how
+    scripts/gpu_profile.py replays the real launch arguments without a GPU."""
+    _planning.append(Target(arch, sm_count))
+    try:
+        yield
+    finally:
+        _planning.pop()
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_target(index: int) -> Target:
+    props = torch.cuda.get_device_properties(index)
+    return Target(arch=props.major * 10 + props.minor, sm_count=props.multi_processor_count)
+
+
+def target_for(t: torch.Tensor) -> Target:
+    """The GPU the launch for tensor t is planned for."""
+    if _planning:
+        return _planning[-1]
+    if t.device.type == "cuda":
+        return _cuda_target(t.device.index if t.device.index is not None else torch.cuda.current_device())
+    return _INTERPRETER_TARGET
 
 
 @triton.jit
