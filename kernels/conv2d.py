@@ -1,33 +1,56 @@
 """Conv2d in Triton: forward, input gradient and weight gradient as implicit GEMMs.
 
-    pass          GEMM M            GEMM N          GEMM K (reduction)
-    forward       N·P·Q (outputs)   K/groups        C/groups·R·S
-    input grad    N·H·W (inputs)    C/groups        K/groups·R·S
-    weight grad   K/groups          C/groups·R·S    N·P·Q  (split-K)
+    pass          GEMM M                 GEMM N           GEMM K (reduction)
+    forward       N·P·Q (outputs)        K/groups         R·S taps × C/groups
+    input grad    N·H·W (inputs)         C/groups         R·S taps × K/groups
+    weight grad   K/groups               R·S taps × C/g   N·P·Q (split over programs)
 
-Each program owns one BLOCK_M × BLOCK_N tile of one group's GEMM output
-(group = program_id(1)) and walks the reduction in BLOCK_K steps. The A and B
-tiles are gathered straight from the 4-D tensors through their strides, so
-im2col happens in registers and never in memory, and NCHW, channels_last and
-strided views take the same path. tl.dot accumulates in fp32 (fp64 for
-double); the tile is written once. Traffic per tile: its A rows and B columns
-once per K step (re-reads of overlapping windows mostly hit L2), one store.
+Each program owns one BLOCK_M × BLOCK_N tile of one group's GEMM output (the
+group is program_id(1)) and walks its reduction in BLOCK_K steps; tl.dot
+accumulates in fp32 (fp64 for double) and the tile is written once. Operands
+are gathered straight from the 4-D tensors, so im2col happens on the way into
+shared memory and never in global memory.
 
-The reduction index is flattened over (c, r, s) rather than looping over taps
-with an inner channel block: a first layer with 1 or 3 input channels and a
-5×5 kernel still fills BLOCK_K with 25 or 75 real products instead of padding
-C up to 16 on every tap, and configs with BLOCK_K = 16 serve those shapes.
+Two families, chosen per pass by shape (`_blocked`):
 
-The input gradient gathers dy: input pixel h reads output p = (h + pad - r·dil)
-/ stride through tap r when that division is exact, which replaces both
-zero-insertion and scattered atomics (for stride s a fraction 1 - 1/s² of the
-gathered taps are masked off: the price of a single simple kernel).
-The weight gradient's reduction runs over every output pixel of the batch; it
-is split over program_id(2) so that a small batch still fills the GPU, and the
-splits meet in an fp32 workspace through atomic adds.
+* Channel-blocked (the tensor-core path, every layer with 16 or more channels
+  in its reduction). The reduction is ordered (r, s, c): one K step is BLOCK_K
+  channels of one tap, so with channels innermost in memory every row of the
+  gathered tile is one contiguous run of BLOCK_K elements, which Triton loads
+  as 16-byte vectors and, with num_stages > 1, as cp.async copies pipelined
+  ahead of the tensor-core MMAs. The tap and channel position advance by
+  counters (no division in the main loop). The launcher provides that layout:
+  activations whose channel stride is not 1 (NCHW) are copied to channels_last
+  first (one read and one write of the tensor, small beside the GEMM, and what
+  lets every load of the main loop be a vector), and the weight is packed once
+  per call so that its reduction dimension is contiguous too: (K, R, S, C/g)
+  for the forward pass (a no-op for a channels_last weight) and
+  (g, C/g, R, S, K/g) for the input gradient. Outputs are written through
+  their strides in torch's memory format.
+  - The input gradient is a gather, one sub-problem per stride phase: input
+    pixels h ≡ ph (mod stride) are reached only through the taps r with
+    (ph + pad - r·dil) ≡ 0 (mod stride), which are evenly spaced, so each
+    phase is a dense convolution over its own taps and no masked tap is ever
+    loaded (program_id(2) is the phase).
+  - The weight gradient gives each program one tap and BLOCK_N channels of it,
+    and splits the N·P·Q reduction over program_id(2), sized from the SM
+    count. Splits meet through relaxed fp32 atomics, or, when
+    torch.are_deterministic_algorithms_enabled(), through per-split partials
+    summed in a fixed order by the finalize kernel, which also casts to the
+    weight's dtype and writes its memory format.
+* Flattened (first layers: 1 to 15 channels in the reduction, depthwise and
+  other thin groups). The reduction index runs over (c, r, s) together, so a
+  1- or 3-channel 5×5 layer fills a BLOCK_K of 16 with 16 real products
+  instead of padding every tap to 16 channels; its index math divides per
+  element, which these small layers afford.
+
+Traffic per tile: its A rows and B columns once per K step (overlapping
+windows mostly hit L2), one store; the weight-gradient partials add
+splits × |dw| fp32 bytes.
 """
 from __future__ import annotations
 
+import os
 from typing import List, Optional
 
 import torch
@@ -36,51 +59,144 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .._shapes import conv2d_memory_format, conv2d_output_shape, memory_format_of
-from ._util import check_int32_indexable, interpreting
+from ._util import _INTERPRETER_TARGET, Target, check_int32_indexable, target_for
 
-# Programs the weight-gradient split aims for: two waves of an H100's 132 SMs.
-_WGRAD_TARGET_PROGRAMS = 264
+# ----------------------------------------------------------------------------- tiles
 
-
-# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). Every tile the gathers can
-# afford: scripts/triton_aot.py compiles each for sm_80 and sm_90 and fails on
-# any spill. 128-row tiles spilled (up to 690 B) or sat at 255 registers in the
-# input-gradient kernel, whose per-element stride divisions are the costliest.
-_GEMM_CONFIGS = [
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages): the candidates of the
+# autotuner (CNNKERN_TRITON_AUTOTUNE=1) for the channel-blocked kernels. The
+# default path picks one of them per shape without timing anything
+# (`_pick_blocked`), so a new shape costs one compile, not a tuning sweep.
+_BLOCKED_CONFIGS = [
+    (128, 256, 64, 8, 3),
+    (256, 128, 64, 8, 3),
+    (128, 128, 64, 8, 4),
+    (128, 128, 64, 4, 3),
+    (128, 64, 64, 4, 4),
+    (64, 128, 64, 4, 4),
+    (64, 64, 64, 4, 4),
+    (128, 128, 32, 8, 4),
+    (128, 64, 32, 4, 4),
+    (64, 64, 32, 4, 4),
+    (64, 32, 32, 4, 4),
+    (32, 32, 32, 4, 3),
+    (64, 64, 16, 4, 3),
+    (64, 32, 16, 4, 2),
+]
+# The flattened kernels: every tile their per-element index math affords
+# without spilling (128-row tiles spilled or sat at 255 registers there).
+_FLAT_CONFIGS = [
     (64, 128, 32, 8, 3),
     (64, 64, 32, 8, 3),
     (32, 32, 32, 4, 3),
     (64, 16, 16, 4, 3),  # few output channels, tiny reduction: the 1- and 3-channel first layers
 ]
-# The interpreter runs one modest config: autotuning there would only time numpy.
+# The interpreter runs one modest tile: autotuning there would only time numpy.
 _INTERPRETER_CONFIG = (32, 32, 16, 4, 1)
+GROUP_M = 8
+# Shared memory a block may claim: sm_90 227 KB, sm_80 163 KB, others 99 KB.
+_SMEM_LIMIT = {90: 227 * 1024, 80: 163 * 1024}
 
 
-def gemm_configs() -> list[triton.Config]:
-    return [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, num_warps=w, num_stages=s)
-        for m, n, k, w, s in ([_INTERPRETER_CONFIG] if interpreting() else _GEMM_CONFIGS)
-    ]
+def _smem_limit(arch: int) -> int:
+    return _SMEM_LIMIT.get(arch, 227 * 1024 if arch > 90 else 99 * 1024)
 
 
-def config_fits_dtype(kwargs: dict, dtype: torch.dtype) -> bool:
-    """Double tiles take twice the registers: past 64x64, or with 16-wide tiles, they spill."""
+def _smem_bytes(cfg, itemsize: int) -> int:
+    m, n, k, _, stages = cfg
+    return max(1, stages) * (m * k + k * n) * itemsize
+
+
+def _fits(cfg, dtype: torch.dtype, arch: int) -> bool:
+    m, n, k, _, _ = cfg
+    if dtype == torch.float64:  # double tiles take twice the registers: past 64x64 they spill
+        return m * n <= 64 * 64 and k <= 32 and n >= 32
+    return _smem_bytes(cfg, dtype.itemsize) <= _smem_limit(arch)
+
+
+def _candidates(configs, dtype, arch, n, k_per_tap):
+    """The configs worth trying: they fit, and their tiles are not far larger than the GEMM."""
+    n_cap = max(16, triton.next_power_of_2(n))
+    k_cap = max(16, triton.next_power_of_2(k_per_tap))
+    fitting = [c for c in configs if _fits(c, dtype, arch)] or configs[-1:]
+    kept = [c for c in fitting if c[1] <= n_cap and c[2] <= k_cap]
+    return kept or fitting[-1:]
+
+
+def _pick_blocked(target: Target, dtype: torch.dtype, m: int, n: int, k_per_tap: int, programs_per_tile: int = 1,
+                  wide_m: bool = False):
+    """One tile for a channel-blocked GEMM of M x N with k_per_tap channels per tap.
+
+    K steps as deep as the channels allow (64 for 16-bit types, 32 for fp32);
+    for a 16-bit GEMM with 256 or more columns a 128x256 tile (256x128 with
+    wide_m, for the weight gradient whose M side is the cheap one to gather),
+    which halves the address arithmetic per MMA against 128x128; as many
+    stages as shared memory holds (up to 4); BLOCK_M halved while the grid
+    would leave SMs idle."""
+    if target.interpreted:
+        return _INTERPRETER_CONFIG
     if dtype == torch.float64:
-        return kwargs["BLOCK_M"] * kwargs["BLOCK_N"] <= 64 * 64 and kwargs["BLOCK_N"] >= 32
-    return True
+        return (64, 64 if n > 32 else 32, 16, 4, 2)
+    k_max = 64 if dtype.itemsize == 2 else 32
+    bk = min(k_max, max(16, triton.next_power_of_2(k_per_tap)))
+    while bk > 16 and k_per_tap % bk and k_per_tap > bk:  # prefer a depth that divides the channels
+        bk //= 2
+    bm, bn = 128, (128 if n > 64 else max(16, triton.next_power_of_2(n)))
+    if dtype.itemsize == 2 and target.arch >= 80:
+        if wide_m and m >= 256 and n >= 128:
+            bm = 256
+        elif not wide_m and n >= 256:
+            bn = 256
+    while bm > 64 and triton.cdiv(m, bm) * triton.cdiv(n, bn) * programs_per_tile < target.sm_count:
+        bm //= 2
+    warps = 8 if bm * bn >= 128 * 128 else 4
+    stages = 4
+    while stages > 2 and _smem_bytes((bm, bn, bk, warps, stages), dtype.itemsize) > _smem_limit(target.arch):
+        stages -= 1
+    return (bm, bn, bk, warps, stages)
 
 
-def _prune(configs, named_args, **kwargs):
-    """Keep the tiles this dtype affords, then drop tiles far larger than the GEMM."""
-    dtype = next(a.dtype for a in named_args.values() if isinstance(a, torch.Tensor))
-    fitting = [c for c in configs if config_fits_dtype(c.kwargs, dtype)] or configs
-    n_cap = max(16, triton.next_power_of_2(named_args["GEMM_N"]))
-    k_cap = max(16, triton.next_power_of_2(named_args["GEMM_K"]))
-    kept = [c for c in fitting if c.kwargs["BLOCK_N"] <= n_cap and c.kwargs["BLOCK_K"] <= k_cap]
-    return kept or fitting
+def _pick_flat(target: Target, dtype: torch.dtype, n: int, k: int):
+    if target.interpreted:
+        return _INTERPRETER_CONFIG
+    return _candidates(_FLAT_CONFIGS, dtype, target.arch, n, k)[0]
 
 
-_AUTOTUNE_KEY = ["GEMM_M", "GEMM_N", "GEMM_K"]
+def _autotuning() -> bool:
+    return os.environ.get("CNNKERN_TRITON_AUTOTUNE") == "1"
+
+
+def _meta(cfg) -> dict:
+    m, n, k, warps, stages = cfg
+    return dict(BLOCK_M=m, BLOCK_N=n, BLOCK_K=k, GROUP_M=GROUP_M, num_warps=warps, num_stages=stages)
+
+
+def _config(cfg) -> triton.Config:
+    m, n, k, warps, stages = cfg
+    return triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": GROUP_M}, num_warps=warps,
+                         num_stages=stages)
+
+
+def _tuned(kernel, configs, key, zeroed=None):
+    """kernel behind an autotuner over `configs`, pruned per call to what fits the call (opt-in path);
+    `zeroed`: accumulators to clear before each timed run."""
+
+    def prune(configs, named_args, **kwargs):
+        arch = named_args["TUNE_ARCH"]
+        if arch == _INTERPRETER_TARGET.arch:  # the interpreter: its one tile, nothing to time
+            return [_config(_INTERPRETER_CONFIG)]
+        dtype = next(a.dtype for a in named_args.values() if isinstance(a, torch.Tensor))
+        n, k = named_args["TUNE_N"], named_args["TUNE_K"]
+        as_tuples = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages): c
+                     for c in configs}
+        return [as_tuples[t] for t in _candidates(list(as_tuples), dtype, arch, n, k)]
+
+    return triton.autotune(
+        configs=[_config(c) for c in configs],
+        key=key, prune_configs_by={"early_config_prune": prune}, reset_to_zero=zeroed, cache_results=True)(kernel)
+
+
+# ----------------------------------------------------------------------------- shared pieces
 
 
 @triton.jit
@@ -96,6 +212,12 @@ def _tile(pid, GEMM_M, GEMM_N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GRO
 
 
 @triton.jit
+def _inside(i, j, H, W):
+    # 0 <= i < H and 0 <= j < W in two unsigned compares: a negative index wraps past H.
+    return (i.to(tl.uint32) < H.to(tl.uint32)) & (j.to(tl.uint32) < W.to(tl.uint32))
+
+
+@triton.jit
 def _mma(a, b, acc, DOT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr):
     if DOT_IN_FP32:
         a = a.to(tl.float32)
@@ -103,14 +225,263 @@ def _mma(a, b, acc, DOT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr):
     return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
 
-@triton.autotune(configs=gemm_configs(), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune})
+# ----------------------------------------------------------------------------- channel-blocked kernels
+
+
 @triton.jit
-def conv2d_fwd_kernel(
+def conv2d_fwd_blocked_kernel(
+    x, w, bias, y,
+    H, W, P, Q, C_G, K_G,
+    sx_n, sx_h, sx_w, sy_n, sy_k, sy_p, sy_q,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    GEMM_M, TUNE_N, TUNE_K, TUNE_M, TUNE_ARCH,
+    R: tl.constexpr, S: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, ACC: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # x: channel stride 1; w: packed (K, R, S, C_G), reduction contiguous.
+    pid_m, pid_n = _tile(tl.program_id(0), GEMM_M, K_G, BLOCK_M, BLOCK_N, GROUP_M)
+    g = tl.program_id(1)
+
+    # Rows: output pixels (n, p, q) and the top-left input pixel of each window,
+    # decoded once; an element's address is this row term plus a scalar tap
+    # term plus the channel, all int32 (the launcher checks the extents).
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < GEMM_M
+    q = offs_m % Q
+    p = (offs_m // Q) % P
+    img = offs_m // (P * Q)
+    ih0 = p * stride_h - pad_h
+    iw0 = q * stride_w - pad_w
+    x_row = img * sx_n + ih0 * sx_h + iw0 * sx_w
+    ih0 = tl.where(m_ok, ih0, -(1 << 30))  # rows past the GEMM fail the bounds test below
+    x_base = x + g * C_G
+    # Columns: this group's output channels, each a contiguous row of the packed weight.
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < K_G
+    w_col = (g * K_G + offs_n) * (R * S * C_G)
+    offs_k = tl.arange(0, BLOCK_K)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    # K step = BLOCK_K channels of tap (r, s); the counters below replace any division.
+    c0 = 0
+    s = 0
+    dh = 0  # r * dil_h
+    dw = 0  # s * dil_w
+    x_tap = 0  # dh * sx_h + dw * sx_w
+    w_tap = 0  # (r * S + s) * C_G
+    for _ in range(0, R * S * tl.cdiv(C_G, BLOCK_K)):
+        row_ok = _inside(ih0 + dh, iw0 + dw, H, W)
+        cs = c0 + offs_k
+        if EVEN_K:
+            a_ok = row_ok[:, None]
+            b_ok = n_ok[None, :]
+        else:
+            a_ok = row_ok[:, None] & (cs < C_G)[None, :]
+            b_ok = (cs < C_G)[:, None] & n_ok[None, :]
+        a = tl.load(x_base + (x_row + x_tap)[:, None] + cs[None, :], mask=a_ok, other=0.0)
+        b = tl.load(w + (w_col + w_tap)[None, :] + cs[:, None], mask=b_ok, other=0.0)
+        acc = _mma(a, b, acc, DOT_PRECISION, DOT_IN_FP32)
+        c0 += BLOCK_K
+        next_tap = c0 >= C_G
+        c0 = tl.where(next_tap, 0, c0)
+        s = tl.where(next_tap, s + 1, s)
+        dw = tl.where(next_tap, dw + dil_w, dw)
+        x_tap = tl.where(next_tap, x_tap + dil_w * sx_w, x_tap)
+        w_tap = tl.where(next_tap, w_tap + C_G, w_tap)
+        next_row = s == S
+        s = tl.where(next_row, 0, s)
+        dw = tl.where(next_row, 0, dw)
+        dh = tl.where(next_row, dh + dil_h, dh)
+        x_tap = tl.where(next_row, x_tap + dil_h * sx_h - S * dil_w * sx_w, x_tap)
+
+    if HAS_BIAS:
+        acc += tl.load(bias + g * K_G + offs_n, mask=n_ok, other=0.0).to(ACC)[None, :]
+    y_ptrs = y + (img * sy_n + p * sy_p + q * sy_q)[:, None] + ((g * K_G + offs_n) * sy_k)[None, :]
+    tl.store(y_ptrs, acc.to(y.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _first_tap(phase, pad, dil, stride, TAPS: tl.constexpr):
+    # The smallest tap t with (phase + pad - t·dil) ≡ 0 (mod stride), or TAPS if none.
+    first = TAPS
+    for t in tl.static_range(TAPS):
+        hit = ((phase + pad - t * dil) % stride == 0) & (first == TAPS)
+        first = tl.where(hit, t, first)
+    return first
+
+
+@triton.jit
+def conv2d_dgrad_blocked_kernel(
+    dy, w, dx,
+    H, W, P, Q, C_G, K_G,
+    sdy_n, sdy_p, sdy_q, sdx_n, sdx_c, sdx_h, sdx_w,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    HS, WS, STEP_R, STEP_S,
+    GEMM_M, TUNE_N, TUNE_K, TUNE_M, TUNE_ARCH,
+    R: tl.constexpr, S: tl.constexpr, EVEN_K: tl.constexpr, ACC: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # dy: channel stride 1; w: packed (G, C_G, R, S, K_G), reduction contiguous.
+    # Phase (ph, pw) owns input pixels (ph + i·stride_h, pw + j·stride_w); its
+    # taps are r = r0, r0 + STEP_R, ... (STEP_R = stride_h / gcd(stride_h, dil_h)),
+    # and tap r reads output row p = i + (ph + pad_h - r·dil_h) / stride_h exactly.
+    pid_m, pid_n = _tile(tl.program_id(0), GEMM_M, C_G, BLOCK_M, BLOCK_N, GROUP_M)
+    g = tl.program_id(1)
+    ph = tl.program_id(2) // stride_w
+    pw = tl.program_id(2) % stride_w
+    r0 = _first_tap(ph, pad_h, dil_h, stride_h, R)
+    s0 = _first_tap(pw, pad_w, dil_w, stride_w, S)
+    n_r = tl.where(r0 < R, (R - 1 - r0) // STEP_R + 1, 0)
+    n_s = tl.where(s0 < S, (S - 1 - s0) // STEP_S + 1, 0)
+    p_first = (ph + pad_h - r0 * dil_h) // stride_h  # exact: stride_h divides it
+    q_first = (pw + pad_w - s0 * dil_w) // stride_w
+    p_step = STEP_R * dil_h // stride_h  # p moves back this much per tap step
+    q_step = STEP_S * dil_w // stride_w
+
+    # Rows: input pixels of this phase, decoded once.
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    j = offs_m % WS
+    i = (offs_m // WS) % HS
+    img = offs_m // (HS * WS)
+    h = ph + i * stride_h
+    wi = pw + j * stride_w
+    m_ok = (offs_m < GEMM_M) & (h < H) & (wi < W)
+    dy_row = img * sdy_n + i * sdy_p + j * sdy_q
+    i_row = tl.where(m_ok, i, -(1 << 30))  # rows outside the phase fail the bounds test below
+    dy_base = dy + g * K_G
+    # Columns: this group's input channels, each a contiguous row of the packed weight.
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < C_G
+    w_col = (g * C_G + offs_n) * (R * S * K_G)
+    offs_k = tl.arange(0, BLOCK_K)
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    k0 = 0
+    r = r0
+    s = s0
+    ns = 0  # taps of this row done
+    dp = p_first
+    dq = q_first
+    dy_tap = p_first * sdy_p + q_first * sdy_q
+    w_tap = (r0 * S + s0) * K_G
+    for _ in range(0, n_r * n_s * tl.cdiv(K_G, BLOCK_K)):
+        row_ok = _inside(i_row + dp, j + dq, P, Q)
+        ks = k0 + offs_k
+        if EVEN_K:
+            a_ok = row_ok[:, None]
+            b_ok = n_ok[None, :]
+        else:
+            a_ok = row_ok[:, None] & (ks < K_G)[None, :]
+            b_ok = (ks < K_G)[:, None] & n_ok[None, :]
+        a = tl.load(dy_base + (dy_row + dy_tap)[:, None] + ks[None, :], mask=a_ok, other=0.0)
+        b = tl.load(w + (w_col + w_tap)[None, :] + ks[:, None], mask=b_ok, other=0.0)
+        acc = _mma(a, b, acc, DOT_PRECISION, DOT_IN_FP32)
+        k0 += BLOCK_K
+        next_tap = k0 >= K_G
+        k0 = tl.where(next_tap, 0, k0)
+        ns = tl.where(next_tap, ns + 1, ns)
+        s = tl.where(next_tap, s + STEP_S, s)
+        dq = tl.where(next_tap, dq - q_step, dq)
+        next_row = ns == n_s
+        ns = tl.where(next_row, 0, ns)
+        s = tl.where(next_row, s0, s)
+        dq = tl.where(next_row, q_first, dq)
+        r = tl.where(next_row, r + STEP_R, r)
+        dp = tl.where(next_row, dp - p_step, dp)
+        dy_tap = dp * sdy_p + dq * sdy_q
+        w_tap = (r * S + s) * K_G
+
+    dx_ptrs = dx + (img * sdx_n + h * sdx_h + wi * sdx_w)[:, None] + ((g * C_G + offs_n) * sdx_c)[None, :]
+    tl.store(dx_ptrs, acc.to(dx.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def conv2d_wgrad_blocked_kernel(
+    dy, x, part,
+    H, W, P, Q, C_G, K_G,
+    sdy_n, sdy_p, sdy_q, sx_n, sx_h, sx_w,
+    stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+    NPQ, SPLIT_PIX, TUNE_N, TUNE_K, TUNE_M, TUNE_ARCH,
+    R: tl.constexpr, S: tl.constexpr, ATOMIC: tl.constexpr, DY_FLAT: tl.constexpr, ACC: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # dy, x: channel stride 1 (DY_FLAT: dy channels_last contiguous, so pixel
+    # i's channels start at i·sdy_q and dy needs no pixel decoding). part: fp32 (splits, G·K_G, R·S·C_G) in (r, s, c) order.
+    # A program owns output channels [BLOCK_M) x channels [BLOCK_N) of one tap
+    # (r, s), and SPLIT_PIX consecutive output pixels of the reduction (a
+    # multiple of every BLOCK_K, so the split does not depend on the tile).
+    c_blocks = tl.cdiv(C_G, BLOCK_N)
+    pid_m, pid_n = _tile(tl.program_id(0), K_G, R * S * c_blocks * BLOCK_N, BLOCK_M, BLOCK_N, GROUP_M)
+    g = tl.program_id(1)
+    tap = pid_n // c_blocks
+    r = tap // S
+    s = tap % S
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < K_G
+    offs_c = (pid_n % c_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+    c_ok = offs_c < C_G
+
+    # This program's pixels; (img, p, q) of each lane advance by a fixed
+    # mixed-radix step with carries, never by division in the loop.
+    begin = tl.program_id(2) * SPLIT_PIX
+    end = tl.minimum(begin + SPLIT_PIX, NPQ)
+    pix = begin + tl.arange(0, BLOCK_K)
+    q = pix % Q
+    p = (pix // Q) % P
+    img = pix // (P * Q)
+    step_q = BLOCK_K % Q
+    step_p = (BLOCK_K // Q) % P
+    step_n = BLOCK_K // (P * Q)
+    dy_base = dy + g * K_G + offs_m
+    x_base = x + g * C_G + offs_c + r * dil_h * sx_h + s * dil_w * sx_w
+    h_off = r * dil_h - pad_h
+    w_off = s * dil_w - pad_w
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    for k0 in range(begin, end, BLOCK_K):
+        pix = k0 + tl.arange(0, BLOCK_K)
+        pix_ok = pix < end
+        x_ok = pix_ok & _inside(p * stride_h + h_off, q * stride_w + w_off, H, W)
+        if DY_FLAT:
+            dy_col = pix * sdy_q
+        else:
+            dy_col = img * sdy_n + p * sdy_p + q * sdy_q
+        a = tl.load(dy_base[:, None] + dy_col[None, :], mask=m_ok[:, None] & pix_ok[None, :], other=0.0)
+        b = tl.load(x_base[None, :] + (img * sx_n + (p * stride_h - pad_h) * sx_h
+                                       + (q * stride_w - pad_w) * sx_w)[:, None],
+                    mask=x_ok[:, None] & c_ok[None, :], other=0.0)
+        acc = _mma(a, b, acc, DOT_PRECISION, DOT_IN_FP32)
+        q += step_q
+        carry = q >= Q
+        q = tl.where(carry, q - Q, q)
+        p += step_p + carry.to(tl.int32)
+        carry = p >= P
+        p = tl.where(carry, p - P, p)
+        img += step_n + carry.to(tl.int32)
+
+    kred = R * S * C_G
+    split = 0 if ATOMIC else tl.program_id(2)
+    out = part + split * (tl.num_programs(1) * K_G * kred) + (g * K_G + offs_m)[:, None] * kred \
+        + (tap * C_G + offs_c)[None, :]
+    if ATOMIC:
+        tl.atomic_add(out, acc, mask=m_ok[:, None] & c_ok[None, :], sem="relaxed")
+    else:
+        tl.store(out, acc, mask=m_ok[:, None] & c_ok[None, :])
+
+
+# ----------------------------------------------------------------------------- flattened kernels (first layers)
+
+
+@triton.jit
+def conv2d_fwd_flat_kernel(
     x, w, bias, y,
     H, W, P, Q,
     sx_n, sx_c, sx_h, sx_w, sw_k, sw_c, sw_r, sw_s, sy_n, sy_k, sy_p, sy_q,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    GEMM_M, GEMM_N, GEMM_K,
+    GEMM_M, GEMM_N, GEMM_K, TUNE_N, TUNE_K, TUNE_M, TUNE_ARCH,
     R: tl.constexpr, S: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr, DOT_PRECISION: tl.constexpr,
     DOT_IN_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -118,13 +489,9 @@ def conv2d_fwd_kernel(
     pid_m, pid_n = _tile(tl.program_id(0), GEMM_M, GEMM_N, BLOCK_M, BLOCK_N, GROUP_M)
     g = tl.program_id(1)
     c_per_group = GEMM_K // (R * S)
-    # An element's address is a row term (which window) plus a column term
-    # (which tap): only those two vectors live in registers, as int32 offsets
-    # from a scalar base (the launcher rejects tensors of 2**31 elements or more).
     x_base = x + g * c_per_group * sx_c
     w_base = w + g * GEMM_N * sw_k
 
-    # Rows: output pixels (n, p, q), and the top-left input pixel of each window.
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < GEMM_M
     img = offs_m // (P * Q)
@@ -133,7 +500,6 @@ def conv2d_fwd_kernel(
     ih0 = p * stride_h - pad_h
     iw0 = q * stride_w - pad_w
     x_row = img * sx_n + ih0 * sx_h + iw0 * sx_w
-    # Columns: this group's output channels.
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < GEMM_N
 
@@ -159,30 +525,29 @@ def conv2d_fwd_kernel(
     tl.store(y_ptrs, acc.to(y.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
-@triton.autotune(configs=gemm_configs(), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune})
 @triton.jit
-def conv2d_dgrad_kernel(
+def conv2d_dgrad_flat_kernel(
     dy, w, dx,
     H, W, P, Q,
     sdy_n, sdy_k, sdy_p, sdy_q, sw_k, sw_c, sw_r, sw_s, sdx_n, sdx_c, sdx_h, sdx_w,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    GEMM_M, GEMM_N, GEMM_K,
+    GEMM_M, GEMM_N, GEMM_K, TUNE_N, TUNE_K, TUNE_M, TUNE_ARCH,
     R: tl.constexpr, S: tl.constexpr, ACC: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
+    # Input pixel h reads output p = (h + pad - r·dil) / stride through tap r
+    # when that division is exact; the other taps are masked off.
     pid_m, pid_n = _tile(tl.program_id(0), GEMM_M, GEMM_N, BLOCK_M, BLOCK_N, GROUP_M)
     g = tl.program_id(1)
     k_per_group = GEMM_K // (R * S)
     dy_base = dy + g * k_per_group * sdy_k
     w_base = w + g * k_per_group * sw_k
 
-    # Rows: input pixels (n, h, w).
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < GEMM_M
     img = offs_m // (H * W)
     h = (offs_m // W) % H
     wi = offs_m % W
-    # Columns: this group's input channels.
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < GEMM_N
 
@@ -193,7 +558,6 @@ def conv2d_dgrad_kernel(
         kk = offs_k // (R * S)
         r = (offs_k // S) % R
         s = offs_k % S
-        # Which output reads (h, w) through tap (r, s)? Only one the stride divides exactly.
         th = h[:, None] + pad_h - (r * dil_h)[None, :]
         tw = wi[:, None] + pad_w - (s * dil_w)[None, :]
         p = th // stride_h
@@ -210,32 +574,28 @@ def conv2d_dgrad_kernel(
     tl.store(dx_ptrs, acc.to(dx.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
-@triton.autotune(configs=gemm_configs(), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune},
-                 reset_to_zero=["dw_acc"])
 @triton.jit
-def conv2d_wgrad_kernel(
-    dy, x, dw_acc,
+def conv2d_wgrad_flat_kernel(
+    dy, x, part,
     H, W, P, Q,
     sdy_n, sdy_k, sdy_p, sdy_q, sx_n, sx_c, sx_h, sx_w,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-    GEMM_M, GEMM_N, GEMM_K,
-    R: tl.constexpr, S: tl.constexpr, ACC: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+    GEMM_M, GEMM_N, GEMM_K, SPLIT_PIX, TUNE_N, TUNE_K, TUNE_M, TUNE_ARCH,
+    R: tl.constexpr, S: tl.constexpr, ATOMIC: tl.constexpr, ACC: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
+    # part: fp32 (splits, G·K_G, C_G·R·S) in (c, r, s) order.
     pid_m, pid_n = _tile(tl.program_id(0), GEMM_M, GEMM_N, BLOCK_M, BLOCK_N, GROUP_M)
     g = tl.program_id(1)
-    # This program's share of the N·P·Q reduction, a whole number of BLOCK_K steps.
-    k_span = tl.cdiv(tl.cdiv(GEMM_K, BLOCK_K), tl.num_programs(2)) * BLOCK_K
-    k_begin = tl.program_id(2) * k_span
-    k_end = tl.minimum(k_begin + k_span, GEMM_K)
+    k_begin = tl.program_id(2) * SPLIT_PIX
+    k_end = tl.minimum(k_begin + SPLIT_PIX, GEMM_K)
     c_per_group = GEMM_N // (R * S)
     dy_base = dy + g * GEMM_M * sdy_k
     x_base = x + g * c_per_group * sx_c
 
-    # Rows: this group's output channels.
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < GEMM_M
-    # Columns: weight taps (c, r, s), and the offset each adds to a window's corner.
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < GEMM_N
     c = offs_n // (R * S)
@@ -261,33 +621,124 @@ def conv2d_wgrad_kernel(
         b = tl.load(x_base + x_row[:, None] + x_col[None, :], mask=b_ok, other=0.0)
         acc = _mma(a, b, acc, DOT_PRECISION, DOT_IN_FP32)
 
-    out = dw_acc + (g * GEMM_M + offs_m)[:, None] * GEMM_N + offs_n[None, :]
-    tl.atomic_add(out, acc, mask=m_ok[:, None] & n_ok[None, :])
+    split = 0 if ATOMIC else tl.program_id(2)
+    out = part + split * (tl.num_programs(1) * GEMM_M * GEMM_N) + (g * GEMM_M + offs_m)[:, None] * GEMM_N \
+        + offs_n[None, :]
+    if ATOMIC:
+        tl.atomic_add(out, acc, mask=m_ok[:, None] & n_ok[None, :], sem="relaxed")
+    else:
+        tl.store(out, acc, mask=m_ok[:, None] & n_ok[None, :])
+
+
+# ----------------------------------------------------------------------------- reductions
+
+
+@triton.jit
+def conv2d_wgrad_finalize_kernel(
+    part, dw, SPLITS, K, C_G,
+    sp_k, sp_c, sp_r, sp_s, sdw_k, sdw_c, sdw_r, sdw_s,
+    S: tl.constexpr, ACC: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    # Program (i, tap, j): output channels [i·BLOCK_K, ...) x input channels
+    # [j·BLOCK_C, ...) of one tap. Sums the splits in order (the deterministic
+    # reduction), casts to the weight's dtype and writes its memory format.
+    offs_k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+    offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    r = tl.program_id(1) // S
+    s = tl.program_id(1) % S
+    ok = (offs_k < K)[:, None] & (offs_c < C_G)[None, :]
+    at = offs_k[:, None] * sp_k + offs_c[None, :] * sp_c + r * sp_r + s * sp_s
+    split_size = K * C_G * tl.num_programs(1)
+    total = tl.zeros((BLOCK_K, BLOCK_C), ACC)
+    for z in range(0, SPLITS):
+        total += tl.load(part + z * split_size + at, mask=ok, other=0.0)
+    out = dw + offs_k[:, None] * sdw_k + offs_c[None, :] * sdw_c + r * sdw_r + s * sdw_s
+    tl.store(out, total.to(dw.dtype.element_ty), mask=ok)
 
 
 @triton.jit
 def conv2d_bgrad_kernel(
-    dy, db_acc, K, P, Q, ROWS,
+    dy, part, K, P, Q, ROWS, CHUNK,
     sdy_n, sdy_k, sdy_p, sdy_q,
-    BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr, ACC: tl.constexpr, ROWS_FLAT: tl.constexpr,
 ):
-    # Program (i, j) sums channels [i·BLOCK_C, …) over its slice j of the N·P·Q
-    # rows; slices meet through atomic adds, so every channel count fills the GPU.
+    # Program (i, j) sums channels [i·BLOCK_C, ...) over rows [j·CHUNK, ...) of
+    # the N·P·Q rows into partial j. ROWS_FLAT: dy is channels_last contiguous,
+    # so row r sits at r·K and no row needs decoding.
     offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = offs_c < K
-    span = tl.cdiv(tl.cdiv(ROWS, BLOCK_R), tl.num_programs(1)) * BLOCK_R
-    begin = tl.program_id(1) * span
-    end = tl.minimum(begin + span, ROWS)
+    begin = tl.program_id(1) * CHUNK
+    end = tl.minimum(begin + CHUNK, ROWS)
     acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=ACC)
     for r0 in range(begin, end, BLOCK_R):
         rows = r0 + tl.arange(0, BLOCK_R)
-        img = rows // (P * Q)
-        offs = (img * sdy_n + ((rows // Q) % P) * sdy_p + (rows % Q) * sdy_q)[:, None] + (offs_c * sdy_k)[None, :]
+        if ROWS_FLAT:
+            row_off = rows * K
+        else:
+            row_off = (rows // (P * Q)) * sdy_n + ((rows // Q) % P) * sdy_p + (rows % Q) * sdy_q
+        offs = row_off[:, None] + (offs_c * sdy_k)[None, :]
         acc += tl.load(dy + offs, mask=(rows < end)[:, None] & c_ok[None, :], other=0.0).to(ACC)
-    tl.atomic_add(db_acc + offs_c, tl.sum(acc, axis=0), mask=c_ok)
+    tl.store(part + tl.program_id(1) * K + offs_c, tl.sum(acc, axis=0), mask=c_ok)
 
+
+# ----------------------------------------------------------------------------- static-profile work model
+
+
+def _bytes(*tensors) -> int:
+    return int(sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor)))
+
+
+def _work_fwd_blocked(a, grid):
+    trip = a["R"] * a["S"] * triton.cdiv(a["C_G"], a["BLOCK_K"])
+    flops = 2 * a["GEMM_M"] * a["K_G"] * a["C_G"] * a["R"] * a["S"] * grid[1]
+    return dict(trip_count=trip, flops=flops, bytes=_bytes(a["x"], a["w"], a["y"]))
+
+
+def _work_dgrad_blocked(a, grid):
+    trip = triton.cdiv(a["R"], a["STEP_R"]) * triton.cdiv(a["S"], a["STEP_S"]) * triton.cdiv(a["K_G"], a["BLOCK_K"])
+    flops = 2 * a["dy"].numel() * a["C_G"] * a["R"] * a["S"]
+    return dict(trip_count=trip, flops=flops, bytes=_bytes(a["dy"], a["w"], a["dx"]))
+
+
+def _work_wgrad_blocked(a, grid):
+    flops = 2 * a["NPQ"] * a["K_G"] * a["C_G"] * a["R"] * a["S"] * grid[1]
+    return dict(trip_count=triton.cdiv(a["SPLIT_PIX"], a["BLOCK_K"]), flops=flops,
+                bytes=_bytes(a["dy"], a["x"], a["part"]))
+
+
+def _work_flat(a, grid):
+    flops = 2 * a["GEMM_M"] * a["GEMM_N"] * a["GEMM_K"] * grid[1]
+    trip = triton.cdiv(a.get("SPLIT_PIX", a["GEMM_K"]), a["BLOCK_K"])
+    return dict(trip_count=trip, flops=flops, bytes=_bytes(*(a[k] for k in ("x", "w", "y", "dy", "dx", "part") if k in a)))
+
+
+PROFILE_WORK = {
+    "conv2d_fwd_blocked_kernel": _work_fwd_blocked,
+    "conv2d_dgrad_blocked_kernel": _work_dgrad_blocked,
+    "conv2d_wgrad_blocked_kernel": _work_wgrad_blocked,
+    "conv2d_fwd_flat_kernel": _work_flat,
+    "conv2d_dgrad_flat_kernel": _work_flat,
+    "conv2d_wgrad_flat_kernel": _work_flat,
+    "conv2d_wgrad_finalize_kernel": lambda a, grid: dict(trip_count=a["SPLITS"], flops=0,
+                                                         bytes=_bytes(a["part"], a["dw"])),
+    "conv2d_bgrad_kernel": lambda a, grid: dict(trip_count=triton.cdiv(a["CHUNK"], a["BLOCK_R"]), flops=0,
+                                                bytes=_bytes(a["dy"], a["part"])),
+}
 
 # ----------------------------------------------------------------------------- launchers
+
+# A reduction of this many channels per tap or more takes the channel-blocked kernels.
+_BLOCKED_MIN_CHANNELS = 16
+# The autotuner's key buckets GEMM M by its power of two, so a new batch size does not retune.
+_TUNE_KEY = ["TUNE_M", "TUNE_N", "TUNE_K", "R", "S", "stride_h", "stride_w", "TUNE_ARCH"]
+_TUNED = {
+    conv2d_fwd_blocked_kernel: _tuned(conv2d_fwd_blocked_kernel, _BLOCKED_CONFIGS, _TUNE_KEY),
+    conv2d_dgrad_blocked_kernel: _tuned(conv2d_dgrad_blocked_kernel, _BLOCKED_CONFIGS, _TUNE_KEY),
+    conv2d_wgrad_blocked_kernel: _tuned(conv2d_wgrad_blocked_kernel, _BLOCKED_CONFIGS, _TUNE_KEY, zeroed=["part"]),
+    conv2d_fwd_flat_kernel: _tuned(conv2d_fwd_flat_kernel, _FLAT_CONFIGS, _TUNE_KEY),
+    conv2d_dgrad_flat_kernel: _tuned(conv2d_dgrad_flat_kernel, _FLAT_CONFIGS, _TUNE_KEY),
+    conv2d_wgrad_flat_kernel: _tuned(conv2d_wgrad_flat_kernel, _FLAT_CONFIGS, _TUNE_KEY, zeroed=["part"]),
+}
 
 
 def _acc(dtype: torch.dtype):
@@ -298,11 +749,11 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _dot_in_fp32(dtype: torch.dtype) -> bool:
+def _dot_in_fp32(target: Target, dtype: torch.dtype) -> bool:
     # Triton 3.8's interpreter miscomputes tl.dot on bfloat16 tiles (fp32 tiles
     # are exact), so there, and only there, bf16 tiles are widened first. On a
     # GPU the dot stays a native bf16 tensor-core MMA.
-    return interpreting() and dtype == torch.bfloat16
+    return target.interpreted and dtype == torch.bfloat16
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -314,8 +765,41 @@ def _geometry(stride, padding, dilation):
     return (stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1])
 
 
-def _gemm_grid(gemm_m, gemm_n, groups):
-    return lambda META: (triton.cdiv(gemm_m, META["BLOCK_M"]) * triton.cdiv(gemm_n, META["BLOCK_N"]), groups)
+def _channels_inner(t: torch.Tensor) -> torch.Tensor:
+    """t with channel stride 1 (a channels_last copy when it is not), as the blocked kernels gather it."""
+    return t if t.stride(1) == 1 or t.shape[1] == 1 else t.contiguous(memory_format=torch.channels_last)
+
+
+class _Plan:
+    """One GEMM launch: the target, the tile, and what the autotuner's key and pruning read."""
+
+    def __init__(self, target: Target, dtype: torch.dtype, cfg, m: int, n: int, k: int):
+        self.target, self.dtype, self.cfg = target, dtype, cfg
+        self.tune_args = (n, k, triton.next_power_of_2(max(m, 1)), target.arch)
+
+    @property
+    def autotuned(self) -> bool:
+        return _autotuning()
+
+    def even(self, channels: int) -> bool:
+        """Whether every K step is full: with autotuning, for any of its depths (16, 32, 64)."""
+        return channels % (64 if self.autotuned else self.cfg[2]) == 0
+
+    def common(self, r: int, s: int) -> dict:
+        return dict(R=r, S=s, ACC=_acc(self.dtype), DOT_PRECISION=_dot_precision(self.dtype),
+                    DOT_IN_FP32=_dot_in_fp32(self.target, self.dtype))
+
+    def launch(self, kernel, grid, args, constexprs):
+        """grid(BLOCK_M, BLOCK_N) -> the launch grid, evaluated for whichever tile runs."""
+        if self.autotuned:
+            wrap_triton(_TUNED[kernel])[lambda meta: grid(meta["BLOCK_M"], meta["BLOCK_N"])](
+                *args, *self.tune_args, **constexprs)
+        else:
+            wrap_triton(kernel)[grid(*self.cfg[:2])](*args, *self.tune_args, **constexprs, **_meta(self.cfg))
+
+
+def _gemm_grid(gemm_m, gemm_n, groups, depth=1):
+    return lambda bm, bn: (triton.cdiv(gemm_m, bm) * triton.cdiv(gemm_n, bn), groups, depth)
 
 
 @triton_op("cnnkern_triton::conv2d", mutates_args={})
@@ -326,19 +810,40 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
                     memory_format=conv2d_memory_format(input, weight))
     if y.numel() == 0:
         return y
-    check_int32_indexable(input, weight, y)
+    target = target_for(input)
     _, c_g, r, s = weight.shape
-    gemm_m, gemm_n, gemm_k = n * p * q, k // groups, c_g * r * s
-    wrap_triton(conv2d_fwd_kernel)[_gemm_grid(gemm_m, gemm_n, groups)](
-        input, weight, bias if bias is not None else weight, y,
-        input.shape[2], input.shape[3], p, q,
-        *input.stride(), *weight.stride(), *y.stride(),
-        *_geometry(stride, padding, dilation),
-        gemm_m, gemm_n, gemm_k,
-        R=r, S=s, HAS_BIAS=bias is not None, ACC=_acc(input.dtype), DOT_PRECISION=_dot_precision(input.dtype),
-        DOT_IN_FP32=_dot_in_fp32(input.dtype),
-    )
+    h, w = input.shape[2:]
+    k_g = k // groups
+    gemm_m = n * p * q
+    if c_g >= _BLOCKED_MIN_CHANNELS:
+        x = _channels_inner(input)
+        w_packed = weight.permute(0, 2, 3, 1).contiguous()  # (K, R, S, C/g): a view for a channels_last weight
+        check_int32_indexable(x, w_packed, y)
+        plan = _Plan(target, input.dtype, _pick_blocked(target, input.dtype, gemm_m, k_g, c_g, groups),
+                     gemm_m, k_g, c_g)
+        plan.launch(conv2d_fwd_blocked_kernel, _gemm_grid(gemm_m, k_g, groups), (
+            x, w_packed, bias if bias is not None else w_packed, y,
+            h, w, p, q, c_g, k_g,
+            x.stride(0), x.stride(2), x.stride(3), *y.stride(),
+            *_geometry(stride, padding, dilation), gemm_m),
+            dict(plan.common(r, s), HAS_BIAS=bias is not None, EVEN_K=plan.even(c_g)))
+    else:
+        check_int32_indexable(input, weight, y)
+        gemm_k = c_g * r * s
+        plan = _Plan(target, input.dtype, _pick_flat(target, input.dtype, k_g, gemm_k), gemm_m, k_g, gemm_k)
+        plan.launch(conv2d_fwd_flat_kernel, _gemm_grid(gemm_m, k_g, groups), (
+            input, weight, bias if bias is not None else weight, y,
+            h, w, p, q,
+            *input.stride(), *weight.stride(), *y.stride(),
+            *_geometry(stride, padding, dilation), gemm_m, k_g, gemm_k),
+            dict(plan.common(r, s), HAS_BIAS=bias is not None))
     return y
+
+
+def _gcd(a: int, b: int) -> int:
+    while b:
+        a, b = b, a % b
+    return a
 
 
 @triton_op("cnnkern_triton::conv2d_backward_input", mutates_args={})
@@ -350,47 +855,120 @@ def conv2d_backward_input(grad_output: torch.Tensor, input: torch.Tensor, weight
         return dx
     if grad_output.numel() == 0:
         return dx.zero_()
-    check_int32_indexable(grad_output, weight, dx)
+    target = target_for(input)
     n, c, h, w = input.shape
-    k, _, r, s = weight.shape
-    gemm_m, gemm_n, gemm_k = n * h * w, c // groups, (k // groups) * r * s
-    wrap_triton(conv2d_dgrad_kernel)[_gemm_grid(gemm_m, gemm_n, groups)](
-        grad_output, weight, dx,
-        h, w, grad_output.shape[2], grad_output.shape[3],
-        *grad_output.stride(), *weight.stride(), *dx.stride(),
-        *_geometry(stride, padding, dilation),
-        gemm_m, gemm_n, gemm_k,
-        R=r, S=s, ACC=_acc(input.dtype), DOT_PRECISION=_dot_precision(input.dtype),
-        DOT_IN_FP32=_dot_in_fp32(input.dtype),
-    )
+    k, c_g, r, s = weight.shape
+    k_g = k // groups
+    p, q = grad_output.shape[2:]
+    if k_g >= _BLOCKED_MIN_CHANNELS:
+        dy = _channels_inner(grad_output)
+        # (g, C/g, R, S, K/g): the reduction over output channels contiguous
+        w_packed = weight.view(groups, k_g, c_g, r, s).permute(0, 2, 3, 4, 1).contiguous()
+        check_int32_indexable(dy, w_packed, dx)
+        hs, ws = triton.cdiv(h, stride[0]), triton.cdiv(w, stride[1])
+        gemm_m, phases = n * hs * ws, stride[0] * stride[1]
+        plan = _Plan(target, input.dtype, _pick_blocked(target, input.dtype, gemm_m, c_g, k_g, groups * phases),
+                     gemm_m, c_g, k_g)
+        plan.launch(conv2d_dgrad_blocked_kernel, _gemm_grid(gemm_m, c_g, groups, phases), (
+            dy, w_packed, dx,
+            h, w, p, q, c_g, k_g,
+            dy.stride(0), dy.stride(2), dy.stride(3), *dx.stride(),
+            *_geometry(stride, padding, dilation),
+            hs, ws, stride[0] // _gcd(stride[0], dilation[0]), stride[1] // _gcd(stride[1], dilation[1]), gemm_m),
+            dict(plan.common(r, s), EVEN_K=plan.even(k_g)))
+    else:
+        check_int32_indexable(grad_output, weight, dx)
+        gemm_m, gemm_k = n * h * w, k_g * r * s
+        plan = _Plan(target, input.dtype, _pick_flat(target, input.dtype, c_g, gemm_k), gemm_m, c_g, gemm_k)
+        plan.launch(conv2d_dgrad_flat_kernel, _gemm_grid(gemm_m, c_g, groups), (
+            grad_output, weight, dx,
+            h, w, p, q,
+            *grad_output.stride(), *weight.stride(), *dx.stride(),
+            *_geometry(stride, padding, dilation), gemm_m, c_g, gemm_k),
+            plan.common(r, s))
     return dx
+
+
+# Pixels of one weight-gradient split are a multiple of this, the deepest BLOCK_K.
+_SPLIT_QUANTUM = 64
+
+
+def _split(target: Target, tiles: int, rows: int):
+    """(splits, rows per split) for a reduction over `rows`: two waves of the
+    GPU's SMs, each split long enough (8 deep K steps) to fill its pipeline."""
+    if target.interpreted:
+        splits = 2 if rows > 16 else 1  # the interpreter still exercises the split path
+        return splits, triton.cdiv(triton.cdiv(rows, splits), 16) * 16
+    splits = max(1, min(triton.cdiv(2 * target.sm_count, tiles), rows // (8 * _SPLIT_QUANTUM)))
+    per = triton.cdiv(triton.cdiv(rows, splits), _SPLIT_QUANTUM) * _SPLIT_QUANTUM
+    return triton.cdiv(rows, per), per
+
+
+def _partials(splits: int, atomic: bool, shape, like: torch.Tensor) -> torch.Tensor:
+    """fp32 (fp64) partials: one zeroed buffer the splits add into atomically, or
+    one slice per split, written whole (no fill), summed in order by the finalize."""
+    dtype = _acc_dtype(like.dtype)
+    if atomic:
+        return torch.zeros((1, *shape), dtype=dtype, device=like.device)
+    return torch.empty((splits, *shape), dtype=dtype, device=like.device)
+
+
+def _finalize(part, out, splits, k, c_g, r, s, part_strides, out_strides, target):
+    block = 16 if target.interpreted else 32
+    wrap_triton(conv2d_wgrad_finalize_kernel)[(triton.cdiv(k, block), r * s, triton.cdiv(c_g, block))](
+        part, out, splits, k, c_g, *part_strides, *out_strides,
+        S=s, ACC=_acc(out.dtype), BLOCK_K=block, BLOCK_C=block)
 
 
 @triton_op("cnnkern_triton::conv2d_backward_weight", mutates_args={})
 def conv2d_backward_weight(grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor, stride: List[int],
                            padding: List[int], dilation: List[int], groups: int) -> torch.Tensor:
     k, c_g, r, s = weight.shape
-    dw_acc = torch.zeros((k, c_g * r * s), dtype=_acc_dtype(input.dtype), device=input.device)
+    dw = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device, memory_format=memory_format_of(weight))
     n, _, p, q = grad_output.shape
-    if n * p * q > 0 and dw_acc.numel() > 0:
-        check_int32_indexable(grad_output, input, dw_acc)
-        gemm_m, gemm_n, gemm_k = k // groups, c_g * r * s, n * p * q
-
-        def grid(META):
-            tiles = triton.cdiv(gemm_m, META["BLOCK_M"]) * triton.cdiv(gemm_n, META["BLOCK_N"])
-            split = min(triton.cdiv(gemm_k, 4 * META["BLOCK_K"]), triton.cdiv(_WGRAD_TARGET_PROGRAMS, tiles * groups))
-            return (tiles, groups, max(1, split))
-
-        wrap_triton(conv2d_wgrad_kernel)[grid](
-            grad_output, input, dw_acc,
-            input.shape[2], input.shape[3], p, q,
+    npq = n * p * q
+    if npq == 0 or dw.numel() == 0:
+        return dw.zero_()
+    target = target_for(input)
+    k_g = k // groups
+    h, w = input.shape[2:]
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    geometry = _geometry(stride, padding, dilation)
+    if c_g >= _BLOCKED_MIN_CHANNELS:
+        dy, x = _channels_inner(grad_output), _channels_inner(input)
+        # One tap per program: BLOCK_N no wider than the tap's channels.
+        cfg = _pick_blocked(target, input.dtype, k_g, c_g, npq, 2 * target.sm_count, wide_m=True)
+        plan = _Plan(target, input.dtype, cfg, k_g, r * s * c_g, npq)
+        tiles = triton.cdiv(k_g, cfg[0]) * r * s * triton.cdiv(c_g, cfg[1]) * groups
+        splits, per = _split(target, tiles, npq)
+        atomic = splits > 1 and not deterministic
+        part = _partials(splits, atomic, (k, r, s, c_g), input)
+        check_int32_indexable(dy, x, part)
+        grid = lambda bm, bn: (triton.cdiv(k_g, bm) * r * s * triton.cdiv(c_g, bn), groups, splits)  # noqa: E731
+        plan.launch(conv2d_wgrad_blocked_kernel, grid, (
+            dy, x, part,
+            h, w, p, q, c_g, k_g,
+            dy.stride(0), dy.stride(2), dy.stride(3), x.stride(0), x.stride(2), x.stride(3),
+            *geometry, npq, per),
+            dict(plan.common(r, s), ATOMIC=atomic, DY_FLAT=dy.is_contiguous(memory_format=torch.channels_last)))
+        part_strides = (r * s * c_g, 1, s * c_g, c_g)  # (k, c, r, s) strides of one (K, R, S, C/g) slice
+    else:
+        gemm_m, gemm_n = k_g, c_g * r * s
+        plan = _Plan(target, input.dtype, _pick_flat(target, input.dtype, gemm_n, npq), gemm_m, gemm_n, npq)
+        tiles = triton.cdiv(gemm_m, plan.cfg[0]) * triton.cdiv(gemm_n, plan.cfg[1]) * groups
+        splits, per = _split(target, tiles, npq)
+        atomic = splits > 1 and not deterministic
+        part = _partials(splits, atomic, (k, c_g, r, s), input)
+        check_int32_indexable(grad_output, input, part)
+        plan.launch(conv2d_wgrad_flat_kernel, _gemm_grid(gemm_m, gemm_n, groups, splits), (
+            grad_output, input, part,
+            h, w, p, q,
             *grad_output.stride(), *input.stride(),
-            *_geometry(stride, padding, dilation),
-            gemm_m, gemm_n, gemm_k,
-            R=r, S=s, ACC=_acc(input.dtype), DOT_PRECISION=_dot_precision(input.dtype),
-        DOT_IN_FP32=_dot_in_fp32(input.dtype),
-        )
-    return dw_acc.view(weight.shape).to(dtype=weight.dtype, memory_format=memory_format_of(weight))
+            *geometry, gemm_m, gemm_n, npq, per),
+            dict(plan.common(r, s), ATOMIC=atomic))
+        part_strides = (c_g * r * s, r * s, s, 1)
+    _finalize(part, dw, 1 if atomic else splits, k, c_g, r, s, part_strides, dw.stride(), target)
+    return dw
 
 
 _BGRAD_BLOCK_C, _BGRAD_BLOCK_R = 32, 64
@@ -399,14 +977,22 @@ _BGRAD_BLOCK_C, _BGRAD_BLOCK_R = 32, 64
 @triton_op("cnnkern_triton::conv2d_backward_bias", mutates_args={})
 def conv2d_backward_bias(grad_output: torch.Tensor) -> torch.Tensor:
     n, k, p, q = grad_output.shape
-    db_acc = torch.zeros((k,), dtype=_acc_dtype(grad_output.dtype), device=grad_output.device)
+    db = torch.empty((k,), dtype=grad_output.dtype, device=grad_output.device)
     rows = n * p * q
-    if rows > 0 and k > 0:
-        check_int32_indexable(grad_output)
-        col_blocks = triton.cdiv(k, _BGRAD_BLOCK_C)
-        split = max(1, min(triton.cdiv(rows, 4 * _BGRAD_BLOCK_R), triton.cdiv(_WGRAD_TARGET_PROGRAMS, col_blocks)))
-        wrap_triton(conv2d_bgrad_kernel)[(col_blocks, split)](
-            grad_output, db_acc, k, p, q, rows, *grad_output.stride(),
-            BLOCK_C=_BGRAD_BLOCK_C, BLOCK_R=_BGRAD_BLOCK_R, ACC=_acc(grad_output.dtype),
-        )
-    return db_acc.to(grad_output.dtype)
+    if k == 0:
+        return db
+    if rows == 0:
+        return db.zero_()
+    check_int32_indexable(grad_output)
+    target = target_for(grad_output)
+    col_blocks = triton.cdiv(k, _BGRAD_BLOCK_C)
+    # Row chunks: enough programs for two waves; each chunk's sum is a partial,
+    # and the partials meet in order in the finalize (deterministic, no atomics).
+    chunks, per = _split(target, col_blocks, rows)
+    part = torch.empty((chunks, k), dtype=_acc_dtype(grad_output.dtype), device=grad_output.device)
+    wrap_triton(conv2d_bgrad_kernel)[(col_blocks, chunks)](
+        grad_output, part, k, p, q, rows, per, *grad_output.stride(),
+        BLOCK_C=_BGRAD_BLOCK_C, BLOCK_R=_BGRAD_BLOCK_R, ACC=_acc(grad_output.dtype),
+        ROWS_FLAT=grad_output.is_contiguous(memory_format=torch.channels_last))
+    _finalize(part, db, chunks, k, 1, 1, 1, (1, 0, 0, 0), (1, 0, 0, 0), target)
+    return db

@@ -99,6 +99,57 @@ def test_reduced_precision_matches_float64_reference(backend_device, case, dtype
     check_against_torch(case, dtype, backend, device, "channels_last" if case is CASES[12] else "contiguous")
 
 
+# The channel-blocked kernels of the triton backend (16 or more channels in a
+# pass's reduction), by name: each reaches a specialisation of theirs.
+BLOCKED_CASES = {
+    "c17-k33-3x3": dict(x=(4, 17, 7, 5), k=33, kernel=(3, 3), padding=1),  # several tiles and K steps, ragged
+    "c32-k20-3x3-s2": dict(x=(2, 32, 9, 11), k=20, kernel=(3, 3), stride=2, padding=1),  # four stride phases
+    "c16-k24-1x1": dict(x=(3, 16, 5, 7), k=24, kernel=(1, 1)),
+    "c20-k18-3x3-d2": dict(x=(2, 20, 9, 8), k=18, kernel=(3, 3), padding=2, dilation=2),
+    "c32-k32-3x3-s2-g2": dict(x=(2, 32, 7, 7), k=32, kernel=(3, 3), stride=2, padding=1, groups=2),
+    "c16-k16-2x2-s3": dict(x=(2, 16, 8, 8), k=16, kernel=(2, 2), stride=3),  # phases with no tap at all
+    "c18-k17-5x3-s2x3-d2x1": dict(x=(1, 18, 11, 10), k=17, kernel=(5, 3), stride=(2, 3), padding=(3, 1),
+                                  dilation=(2, 1)),  # gcd(stride, dilation) > 1: taps two apart
+    "c3-k16-3x3": dict(x=(2, 3, 10, 10), k=16, kernel=(3, 3), padding=1, bias=False),  # only the input grad blocked
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", sorted(BLOCKED_CASES))
+def test_channel_blocked_float64(backend_device, name, layout):
+    check_against_torch(BLOCKED_CASES[name], torch.float64, *backend_device, layout)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", ["c17-k33-3x3", "c32-k20-3x3-s2", "c18-k17-5x3-s2x3-d2x1"])
+def test_channel_blocked_reduced_precision(backend_device, name, dtype):
+    check_against_torch(BLOCKED_CASES[name], dtype, *backend_device, "channels_last")
+
+
+def test_weight_gradient_is_bitwise_reproducible_in_deterministic_mode(backend_device):
+    """torch.use_deterministic_algorithms(True): the weight and bias gradients
+    come out bit for bit the same run after run (the triton backend then sums
+    its reduction splits in a fixed order instead of with atomics)."""
+    backend, device = backend_device
+    case = BLOCKED_CASES["c17-k33-3x3"]
+
+    def grads():
+        x, w, b = (t.requires_grad_() for t in make_operands(case, torch.float32, device, "channels_last"))
+        y = CF.conv2d(x, w, b, **conv_args(case))
+        return torch.autograd.grad(y, (w, b), torch.ones_like(y))
+
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        first, second = grads(), grads()
+    finally:
+        torch.use_deterministic_algorithms(before)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    for a, b in zip(first, grads()):  # the default (atomic) reduction agrees within fp32 rounding
+        torch.testing.assert_close(a, b)
+
+
 def test_known_example(backend_device):
     # From the issue: a 5x5 image, the 3x3 kernel 1..9, no bias.
     _, device = backend_device
