@@ -11,7 +11,7 @@ accumulates in fp32 (fp64 for double) and the tile is written once. Operands
 are gathered straight from the 4-D tensors, so im2col happens on the way into
 shared memory and never in global memory.
 
-Two families, chosen per pass by shape (`_blocked`):
+Two families, chosen per pass by shape (`_BLOCKED_MIN_CHANNELS`):
 
 * Channel-blocked (the tensor-core path, every layer with 16 or more channels
   in its reduction). The reduction is ordered (r, s, c): one K step is BLOCK_K
@@ -142,7 +142,7 @@ def _pick_blocked(target: Target, dtype: torch.dtype, m: int, n: int, k_per_tap:
     while bk > 16 and k_per_tap % bk and k_per_tap > bk:  # prefer a depth that divides the channels
         bk //= 2
     bm, bn = 128, (128 if n > 64 else max(16, triton.next_power_of_2(n)))
-    if dtype.itemsize == 2 and target.arch >= 80:
+    if dtype.itemsize == 2 and target.arch >= 90:  # on sm_80 the 256-wide accumulators spill
         if wide_m and m >= 256 and n >= 128:
             bm = 256
         elif not wide_m and n >= 256:
