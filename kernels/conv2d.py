@@ -141,7 +141,8 @@ def _pick_blocked(target: Target, dtype: torch.dtype, m: int, n: int, k_per_tap:
     bk = min(k_max, max(16, triton.next_power_of_2(k_per_tap)))
     while bk > 16 and k_per_tap % bk and k_per_tap > bk:  # prefer a depth that divides the channels
         bk //= 2
-    bm, bn = 128, (128 if n > 64 else max(16, triton.next_power_of_2(n)))
+    bm = min(128, max(64, triton.next_power_of_2(m)))
+    bn = 128 if n > 64 else max(16, triton.next_power_of_2(n))
     if dtype.itemsize == 2 and target.arch >= 90:  # on sm_80 the 256-wide accumulators spill
         if wide_m and m >= 256 and n >= 128:
             bm = 256
