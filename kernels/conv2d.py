@@ -454,6 +454,14 @@ def conv2d_wgrad_blocked_kernel(
         b = tl.load(x_base[None, :] + (img * sx_n + (p * stride_h - pad_h) * sx_h
                                        + (q * stride_w - pad_w) * sx_w)[:, None],
                     mask=x_ok[:, None] & c_ok[None, :], other=0.0)
+        if DOT_PRECISION == "tf32":
+            # TF32 MMAs read both operands K-major (pixel-contiguous here), which
+            # neither tile is. Left as they are, Triton copies them into that
+            # layout 4 bytes at a time straight from global memory (one sector per
+            # lane); a register op in between makes it load 16-byte vectors and
+            # transpose on the way into shared memory instead (5x, estimated).
+            a = tl.where(m_ok[:, None], a, 0.0)
+            b = tl.where(c_ok[None, :], b, 0.0)
         acc = _mma(a, b, acc, DOT_PRECISION, DOT_IN_FP32)
         q += step_q
         carry = q >= Q
