@@ -189,7 +189,7 @@ def _tuned(kernel, configs, key, zeroed=None):
         dtype = next(a.dtype for a in named_args.values() if isinstance(a, torch.Tensor))
         n, k = named_args["TUNE_N"], named_args["TUNE_K"]
         as_tuples = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_warps, c.num_stages): c
-                     for c in configs}
+                     for c in configs if c.kwargs["BLOCK_N"] >= kwargs.get("TAP_CHANNELS", 0)}
         return [as_tuples[t] for t in _candidates(list(as_tuples), dtype, arch, n, k)]
 
     return triton.autotune(
@@ -405,25 +405,38 @@ def conv2d_wgrad_blocked_kernel(
     sdy_n, sdy_p, sdy_q, sx_n, sx_h, sx_w,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     NPQ, SPLIT_PIX, TUNE_N, TUNE_K, TUNE_M, TUNE_ARCH,
-    R: tl.constexpr, S: tl.constexpr, ATOMIC: tl.constexpr, DY_FLAT: tl.constexpr, ACC: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
+    R: tl.constexpr, S: tl.constexpr, TAP_CHANNELS: tl.constexpr, ATOMIC: tl.constexpr, DY_FLAT: tl.constexpr,
+    ACC: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # dy, x: channel stride 1 (DY_FLAT: dy channels_last contiguous, so pixel
-    # i's channels start at i·sdy_q and dy needs no pixel decoding). part: fp32 (splits, G·K_G, R·S·C_G) in (r, s, c) order.
-    # A program owns output channels [BLOCK_M) x channels [BLOCK_N) of one tap
-    # (r, s), and SPLIT_PIX consecutive output pixels of the reduction (a
-    # multiple of every BLOCK_K, so the split does not depend on the tile).
-    c_blocks = tl.cdiv(C_G, BLOCK_N)
-    pid_m, pid_n = _tile(tl.program_id(0), K_G, R * S * c_blocks * BLOCK_N, BLOCK_M, BLOCK_N, GROUP_M)
+    # i's channels start at i·sdy_q and dy needs no pixel decoding).
+    # part: fp32 (splits, G·K_G, R·S·C_G) in (r, s, c) order.
+    # A program owns output channels [BLOCK_M) x BLOCK_N columns of the
+    # (r, s, c) axis, and SPLIT_PIX consecutive output pixels of the reduction
+    # (a multiple of every BLOCK_K, so the split does not depend on the tile).
+    # TAP_CHANNELS == 0: the columns are BLOCK_N channels of one tap. Otherwise
+    # each column tile holds BLOCK_N // TAP_CHANNELS whole taps of TAP_CHANNELS
+    # (>= C_G) channels: a layer with few channels (L3: 64) still gets a wide
+    # tile, so each gathered dy tile feeds several taps' MMAs.
+    CT: tl.constexpr = BLOCK_N if TAP_CHANNELS == 0 else TAP_CHANNELS
+    TAPS: tl.constexpr = BLOCK_N // CT
+    c_blocks = tl.cdiv(C_G, CT)
+    tap_tiles = tl.cdiv(R * S, TAPS)
+    pid_m, pid_n = _tile(tl.program_id(0), K_G, tap_tiles * c_blocks * BLOCK_N, BLOCK_M, BLOCK_N, GROUP_M)
     g = tl.program_id(1)
-    tap = pid_n // c_blocks
-    r = tap // S
-    s = tap % S
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < K_G
-    offs_c = (pid_n % c_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
-    c_ok = offs_c < C_G
+    cols = tl.arange(0, BLOCK_N)
+    tap0 = (pid_n // c_blocks) * TAPS
+    offs_c = (pid_n % c_blocks) * CT + cols % CT
+    tap = tap0 + cols // CT
+    c_ok = (offs_c < C_G) & (tap < R * S)
+    r = tap // S
+    s = tap % S
+    h_col = r * dil_h - pad_h  # input row of output row 0 through this column's tap
+    w_col = s * dil_w - pad_w
+    x_col = g * C_G + offs_c + h_col * sx_h + w_col * sx_w
 
     # This program's pixels; (img, p, q) of each lane advance by a fixed
     # mixed-radix step with carries, never by division in the loop.
@@ -437,23 +450,26 @@ def conv2d_wgrad_blocked_kernel(
     step_p = (BLOCK_K // Q) % P
     step_n = BLOCK_K // (P * Q)
     dy_base = dy + g * K_G + offs_m
-    x_base = x + g * C_G + offs_c + r * dil_h * sx_h + s * dil_w * sx_w
-    h_off = r * dil_h - pad_h
-    w_off = s * dil_w - pad_w
+    h0 = tap0 // S * dil_h - pad_h  # one tap per tile: its offsets as scalars
+    w0 = tap0 % S * dil_w - pad_w
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for k0 in range(begin, end, BLOCK_K):
         pix = k0 + tl.arange(0, BLOCK_K)
         pix_ok = pix < end
-        x_ok = pix_ok & _inside(p * stride_h + h_off, q * stride_w + w_off, H, W)
+        if TAPS == 1:
+            x_ok = (pix_ok & _inside(p * stride_h + h0, q * stride_w + w0, H, W))[:, None] & c_ok[None, :]
+        else:
+            x_ok = (pix_ok[:, None] & c_ok[None, :]
+                    & _inside((p * stride_h)[:, None] + h_col[None, :], (q * stride_w)[:, None] + w_col[None, :],
+                              H, W))
         if DY_FLAT:
             dy_col = pix * sdy_q
         else:
             dy_col = img * sdy_n + p * sdy_p + q * sdy_q
         a = tl.load(dy_base[:, None] + dy_col[None, :], mask=m_ok[:, None] & pix_ok[None, :], other=0.0)
-        b = tl.load(x_base[None, :] + (img * sx_n + (p * stride_h - pad_h) * sx_h
-                                       + (q * stride_w - pad_w) * sx_w)[:, None],
-                    mask=x_ok[:, None] & c_ok[None, :], other=0.0)
+        b = tl.load(x + x_col[None, :] + (img * sx_n + p * stride_h * sx_h + q * stride_w * sx_w)[:, None],
+                    mask=x_ok, other=0.0)
         if DOT_PRECISION == "tf32":
             # TF32 MMAs read both operands K-major (pixel-contiguous here), which
             # neither tile is. Left as they are, Triton copies them into that
@@ -898,6 +914,32 @@ def conv2d_backward_input(grad_output: torch.Tensor, input: torch.Tensor, weight
     return dx
 
 
+# Weight-gradient tiles of a layer with few channels per tap hold up to this
+# many whole taps (L3 on sm_90, estimated: 1 tap 0.50x of cuDNN, 2 taps 0.44x,
+# whose 64x128 tile pays per-element masks for too few MMAs, 4 taps 0.83x).
+_WGRAD_TAPS_PER_TILE = 4
+
+
+def _tap_channels(target: Target, dtype: torch.dtype, c_g: int, taps: int) -> int:
+    """Channels per tap in a weight-gradient column tile: 0 for tiles of one
+    tap (enough channels to fill one), else the channels padded to a power of
+    two, with several whole taps per tile (the widest tile the dtype affords
+    would otherwise be mostly empty: L3's 64 channels against 128 or 256)."""
+    per_tap = max(16, triton.next_power_of_2(c_g))
+    widest = _INTERPRETER_CONFIG[1] if target.interpreted else (256 if dtype.itemsize == 2 else 128)
+    if taps == 1 or dtype == torch.float64 or 2 * per_tap > widest:
+        return 0
+    return per_tap
+
+
+def _with_block_n(cfg, bn: int, dtype: torch.dtype, target: Target):
+    bm, _, bk, warps, stages = cfg
+    warps = 8 if bm * bn >= 128 * 128 else warps
+    while stages > 2 and _smem_bytes((bm, bn, bk, warps, stages), dtype.itemsize) > _smem_limit(target.arch):
+        stages -= 1
+    return (bm, bn, bk, warps, stages)
+
+
 # Pixels of one weight-gradient split are a multiple of this, the deepest BLOCK_K.
 _SPLIT_QUANTUM = 64
 
@@ -945,21 +987,31 @@ def conv2d_backward_weight(grad_output: torch.Tensor, input: torch.Tensor, weigh
     geometry = _geometry(stride, padding, dilation)
     if c_g >= _BLOCKED_MIN_CHANNELS:
         dy, x = _channels_inner(grad_output), _channels_inner(input)
-        # One tap per program: BLOCK_N no wider than the tap's channels.
-        cfg = _pick_blocked(target, input.dtype, k_g, c_g, npq, 2 * target.sm_count, wide_m=True)
+        tap_channels = _tap_channels(target, input.dtype, c_g, r * s)
+        # BLOCK_N: one tap's channels, or whole taps of tap_channels each
+        n = c_g if tap_channels == 0 else tap_channels * min(_WGRAD_TAPS_PER_TILE, triton.next_power_of_2(r * s))
+        cfg = _pick_blocked(target, input.dtype, k_g, n, npq, 2 * target.sm_count, wide_m=True)
+        if tap_channels:
+            cfg = _with_block_n(cfg, n, input.dtype, target)
         plan = _Plan(target, input.dtype, cfg, k_g, r * s * c_g, npq)
-        tiles = triton.cdiv(k_g, cfg[0]) * r * s * triton.cdiv(c_g, cfg[1]) * groups
+
+        def column_tiles(bn):
+            per_tap = bn if tap_channels == 0 else tap_channels
+            return triton.cdiv(r * s, bn // per_tap) * triton.cdiv(c_g, per_tap)
+
+        tiles = triton.cdiv(k_g, cfg[0]) * column_tiles(cfg[1]) * groups
         splits, per = _split(target, tiles, npq)
         atomic = splits > 1 and not deterministic
         part = _partials(splits, atomic, (k, r, s, c_g), input)
         check_int32_indexable(dy, x, part)
-        grid = lambda bm, bn: (triton.cdiv(k_g, bm) * r * s * triton.cdiv(c_g, bn), groups, splits)  # noqa: E731
+        grid = lambda bm, bn: (triton.cdiv(k_g, bm) * column_tiles(bn), groups, splits)  # noqa: E731
         plan.launch(conv2d_wgrad_blocked_kernel, grid, (
             dy, x, part,
             h, w, p, q, c_g, k_g,
             dy.stride(0), dy.stride(2), dy.stride(3), x.stride(0), x.stride(2), x.stride(3),
             *geometry, npq, per),
-            dict(plan.common(r, s), ATOMIC=atomic, DY_FLAT=dy.is_contiguous(memory_format=torch.channels_last)))
+            dict(plan.common(r, s), TAP_CHANNELS=tap_channels, ATOMIC=atomic,
+                 DY_FLAT=dy.is_contiguous(memory_format=torch.channels_last)))
         part_strides = (r * s * c_g, 1, s * c_g, c_g)  # (k, c, r, s) strides of one (K, R, S, C/g) slice
     else:
         gemm_m, gemm_n = k_g, c_g * r * s
