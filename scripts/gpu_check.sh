@@ -3,7 +3,8 @@
 # installed, e.g. the lent H100/H200 image): builds cnnkern in place against
 # that torch (CUDA kernels included), runs the whole test suite on CUDA tensors
 # for every GPU backend ("triton", "cuda") and the CPU ones, then prints a
-# table: max error against torch and time per call, per backend and op. Then,
+# table: max error against torch and time per call, per backend and op, and
+# the static GPU profile's estimates beside measured times (calibration). Then,
 # where pytest-benchmark / tqdm+matplotlib are installed, the benchmark suite
 # on the GPU (ratio table) and one epoch of mnist-lenet on CUDA per backend
 # (on the MNIST sample shipped in the package when no data set is found).
@@ -20,6 +21,13 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 "$PY" -m pytest tests -q -ra -p no:cacheprovider "$@"
 status=$?
 "$PY" scripts/gpu_table.py
+# Calibration of the static profile's model: each op timed with CUDA events
+# beside its estimate (GPU_PROFILE_ARGS picks other shapes, e.g. "--shapes all").
+echo "--- static GPU profile: measured beside estimated (scripts/gpu_profile.py --measure)"
+# shellcheck disable=SC2086
+"$PY" scripts/gpu_profile.py --measure --no-gate --jobs "$MAX_JOBS" \
+  ${GPU_PROFILE_ARGS:---shapes resnet cifar-fast --dtypes fp16 bf16 fp32 --layouts cl} \
+  --json build/gpu_profile_measured.json --output build/gpu_profile_measured.txt || status=1
 if "$PY" -c "import pytest_benchmark" 2>/dev/null; then
   "$PY" -m pytest benchmarks/ --benchmark-only -q -p no:cacheprovider --benchmark-max-time=0.2 \
     --benchmark-json=build/bench-gpu.json > build/bench-gpu.log 2>&1 || status=1

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The test command: set up (scripts/env.sh), then every test on every backend
 # this machine has. Without a GPU: Triton through its interpreter, the CUDA
-# kernels through their host emulation, plus an ahead-of-time compile of the
-# Triton kernels for sm_80/sm_90 and the emulation's standalone harness. Then a
-# short benchmark pass (cnnkern against torch per op and per training step)
-# and its ratio table, and the CPU epoch-time ratio (printed, not enforced:
-# timings on a shared machine are too noisy to gate on). Extra arguments go
-# to pytest.
+# kernels through their host emulation, plus the static GPU profile of the
+# Triton kernels (compiled for sm_90/sm_80, scripts/gpu_profile.py) and the
+# emulation's standalone harness. Then a short benchmark pass (cnnkern against
+# torch per op and per training step) and its ratio table, and the CPU
+# epoch-time ratio (printed, not enforced: timings on a shared machine are too
+# noisy to gate on). Extra arguments go to pytest.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 source "$ROOT/scripts/env.sh"
@@ -25,9 +25,9 @@ bash tests/csrc/run.sh
 bash tests/csrc/run_pool2d.sh
 bash tests/csrc/run_batch_norm.sh
 python -m pytest tests -q -ra --durations=10 "$@"
-if [[ -f build/triton_aot.txt ]]; then
-  echo "--- Triton kernels compiled ahead of time (registers, spills, shared memory)"
-  cat build/triton_aot.txt
+if [[ -f build/gpu_profile.txt ]]; then
+  echo "--- static GPU profile of the Triton kernels (CI shapes, compiled for sm_90/sm_80; throughput figures are estimates)"
+  cat build/gpu_profile.txt
 fi
 echo "--- quick benchmark pass (CNNKERN_BENCH_QUICK=1): ratio = torch time / cnnkern time, > 1 means cnnkern is faster"
 mkdir -p build

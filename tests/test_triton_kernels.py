@@ -1,6 +1,7 @@
 """The Triton kernels beyond what the interpreter's single config covers:
-every GPU autotune config run in the interpreter, and every kernel compiled
-ahead of time for sm_80 and sm_90 (registers and spills from the cubin)."""
+every GPU autotune config run in the interpreter, and the static GPU profile
+(scripts/gpu_profile.py: every kernel the CI shapes launch, compiled for sm_90
+and sm_80 as the JIT would, with its gates)."""
 import json
 import os
 import subprocess
@@ -17,27 +18,75 @@ pytestmark = pytest.mark.skipif("triton" not in cnnkern.available_backends("cpu"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _gpu_configs():
+def _configs(family):
     from cnnkern.kernels import conv2d as K
-    return K._GEMM_CONFIGS
+    return {"blocked": K._BLOCKED_CONFIGS, "flat": K._FLAT_CONFIGS}[family]
 
 
-@pytest.mark.parametrize("config", _gpu_configs(), ids=lambda c: "x".join(map(str, c[:3])) + f"-w{c[3]}")
-def test_every_gpu_config_in_the_interpreter(config, monkeypatch):
-    import triton
+def _config_id(c):
+    return "x".join(map(str, c[:3])) + f"-w{c[3]}-s{c[4]}"
 
+
+@pytest.mark.parametrize("config", _configs("blocked"), ids=_config_id)
+def test_every_blocked_gpu_config_in_the_interpreter(config, monkeypatch):
+    # The channel-blocked kernels with each tile a GPU may pick (the default
+    # path's choice or the autotuner's): whole-tile and ragged shapes, phases.
     from cnnkern.kernels import conv2d as K
-    m, n, k, warps, stages = config
-    tuned = triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, num_warps=warps,
-                          num_stages=stages)
-    for kernel in (K.conv2d_fwd_kernel, K.conv2d_dgrad_kernel, K.conv2d_wgrad_kernel):
-        monkeypatch.setattr(kernel, "configs", [tuned])
-        monkeypatch.setattr(kernel, "cache", {})
+    from test_conv2d import BLOCKED_CASES
+    monkeypatch.setattr(K, "_pick_blocked", lambda *args, **kwargs: config)
     with cnnkern.use_backend("triton"):
-        # several tiles in every GEMM dimension, a grouped strided case, and fp16
-        check_against_torch(CASES[12], torch.float32, "triton", "cpu", "channels_last")
-        check_against_torch(CASES[6], torch.float64, "triton", "cpu", "strided")
-        check_against_torch(CASES[3], torch.float16, "triton", "cpu")
+        check_against_torch(BLOCKED_CASES["c17-k33-3x3"], torch.float16, "triton", "cpu", "channels_last")
+        check_against_torch(BLOCKED_CASES["c32-k20-3x3-s2"], torch.float32, "triton", "cpu", "contiguous")
+
+
+@pytest.mark.parametrize("config", _configs("flat"), ids=_config_id)
+def test_every_flat_gpu_config_in_the_interpreter(config, monkeypatch):
+    from cnnkern.kernels import conv2d as K
+    monkeypatch.setattr(K, "_pick_flat", lambda *args, **kwargs: config)
+    with cnnkern.use_backend("triton"):
+        check_against_torch(CASES[6], torch.float64, "triton", "cpu", "strided")  # grouped, dilated
+        check_against_torch(CASES[3], torch.float16, "triton", "cpu")  # 3 channels, strided, 3x5
+
+
+def test_autotuned_path_in_the_interpreter(monkeypatch):
+    # CNNKERN_TRITON_AUTOTUNE=1 launches through triton.autotune; in the
+    # interpreter its pruning leaves the one interpreter tile (nothing to time).
+    from cnnkern.kernels import conv2d as K
+    from test_conv2d import BLOCKED_CASES
+    monkeypatch.setenv("CNNKERN_TRITON_AUTOTUNE", "1")
+    for tuner in K._TUNED.values():
+        monkeypatch.setattr(tuner, "cache", {})
+    with cnnkern.use_backend("triton"):
+        check_against_torch(BLOCKED_CASES["c32-k20-3x3-s2"], torch.float32, "triton", "cpu", "channels_last")
+        check_against_torch(CASES[3], torch.float32, "triton", "cpu")
+    assert all(tuner.cache for tuner in K._TUNED.values())  # every conv kernel went through its autotuner
+
+
+def test_autotuner_candidates_fit_the_gpu():
+    # What the autotuner would time: only tiles that fit shared memory, no
+    # double tiles that spill, none far wider than the GEMM.
+    from cnnkern.kernels import conv2d as K
+    for arch, limit in ((90, 227 * 1024), (80, 163 * 1024)):
+        for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            for n, k in ((256, 256), (64, 64), (20, 17)):
+                got = K._candidates(K._BLOCKED_CONFIGS, dtype, arch, n, k)
+                assert got and all(K._smem_bytes(c, dtype.itemsize) <= limit for c in got)
+                assert all(c[1] <= max(16, 2 ** (n - 1).bit_length()) for c in got)
+                if dtype == torch.float64:
+                    assert all(c[0] * c[1] <= 64 * 64 for c in got)
+
+
+def test_default_tiles_fit_the_gpu():
+    # The tile the default path picks, for each dtype and GPU, fits its shared memory.
+    from cnnkern.kernels import conv2d as K
+    from cnnkern.kernels._util import Target
+    for arch in (80, 90):
+        target = Target(arch=arch, sm_count=132)
+        for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            for m, n, k in ((262144, 256, 256), (65536, 64, 64), (100, 20, 17), (256, 256, 262144)):
+                for wide_m in (False, True):
+                    cfg = K._pick_blocked(target, dtype, m, n, k, wide_m=wide_m)
+                    assert K._fits(cfg, dtype, arch), (arch, dtype, m, n, k, cfg)
 
 
 def test_tensors_beyond_int32_offsets_are_refused():
@@ -49,19 +98,41 @@ def test_tensors_beyond_int32_offsets_are_refused():
         K.check_int32_indexable(torch.empty(2, 2, device="meta").as_strided((2, 2), (2**31, 1)))
 
 
-def test_ahead_of_time_compile_for_sm80_and_sm90(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    report = tmp_path / "aot.json"
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "triton_aot.py"), "--json", str(report)],
-                         env=env, capture_output=True, text=True, cwd=ROOT)
+def _profile(args):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # it compiles the real kernels
+    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "gpu_profile.py"), *args], env=env,
+                          capture_output=True, text=True, cwd=ROOT)
+
+
+def test_static_gpu_profile_of_the_ci_shapes():
+    """scripts/gpu_profile.py --shapes ci: every kernel the CI shapes launch, compiled for sm_90 and sm_80
+    as the JIT specialises it, and the issue's gates (no spill, conv main loops on tensor cores, no scalar
+    2-byte loads in channels_last fp16/bf16 conv main loops with C >= 16)."""
     os.makedirs(os.path.join(ROOT, "build"), exist_ok=True)
-    with open(os.path.join(ROOT, "build", "triton_aot.txt"), "w") as f:  # .ci/run prints it
+    report = os.path.join(ROOT, "build", "gpu_profile.json")
+    out = _profile(["--shapes", "ci", "--json", report])
+    with open(os.path.join(ROOT, "build", "gpu_profile.txt"), "w") as f:  # scripts/test.sh prints it
         f.write(out.stdout + out.stderr)
-    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-    rows = json.loads(report.read_text())
-    assert {r["arch"] for r in rows} == {"sm_80", "sm_90"}
-    assert {r["kernel"] for r in rows} == {
-        "conv2d_fwd", "conv2d_dgrad", "conv2d_wgrad", "conv2d_bgrad", "max_pool2d_fwd", "max_pool2d_bwd",
-        "avg_pool2d_fwd", "avg_pool2d_bwd", "adaptive_avg_fwd", "adaptive_avg_bwd", "bn_stats", "bn_stats_final",
-        "bn_relu_apply", "bn_relu_bwd_reduce", "bn_relu_bwd_final", "bn_relu_bwd_dx"}
-    assert all(r["ok"] and r["local"] == 0 and r["stack"] == 0 for r in rows)
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-4000:]
+    with open(report) as f:
+        data = json.load(f)
+    compiles = {c["key"]: c for c in data["compiles"]}
+    assert set(data["archs"]) == {80, 90}
+    for op in data["ops"]:
+        configs = [cfg for launch in op["launches"] if launch["kind"] == "triton" for cfg in launch["configs"]]
+        assert configs, f"{op['case']} {op['pass_name']}: no Triton launch recorded"
+        for cfg in configs:  # every launch's every surviving config compiled for its arch
+            assert compiles[cfg["key"]]["ok"] and compiles[cfg["key"]]["arch"] == op["arch"], compiles[cfg["key"]]
+    # The CI shapes reach every public Triton op, on both architectures.
+    ops = {n for n in dir(torch.ops.cnnkern_triton) if hasattr(getattr(torch.ops.cnnkern_triton, n), "default")}
+    for arch in (80, 90):
+        assert {op["op"] for op in data["ops"] if op["arch"] == arch} == ops
+
+
+@pytest.mark.skipif(os.environ.get("CNNKERN_PROFILE_ALL") != "1",
+                    reason="the full shape table is not part of CI (tens of minutes on 2 cores): "
+                           "CNNKERN_PROFILE_ALL=1 runs it")
+def test_static_gpu_profile_of_every_shape(tmp_path):
+    out = _profile(["--shapes", "all", "--json", str(tmp_path / "all.json"),
+                    "--output", os.path.join(ROOT, "build", "gpu_profile_all.txt")])
+    assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-4000:]
