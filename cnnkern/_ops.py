@@ -141,7 +141,11 @@ def _conv2d_backward_for(ns):
 
 
 def _max_pool2d_setup_context(ctx, inputs, output):
-    input, *ctx.geometry = inputs
+    # inputs: (input, kernel_size, stride, padding, dilation, ceil_mode) and, for the Triton op only,
+    # return_indices; its second output (int64 indices, or Triton's 1-byte window offsets) feeds backward
+    input, *geometry = inputs
+    ctx.geometry = geometry[:5]
+    ctx.num_inputs = len(inputs)
     ctx.save_for_backward(input, output[1])
     ctx.mark_non_differentiable(output[1])
 
@@ -149,7 +153,7 @@ def _max_pool2d_setup_context(ctx, inputs, output):
 def _max_pool2d_backward_for(ns):
     def backward(ctx, grad, _grad_indices):
         input, indices = ctx.saved_tensors
-        return (ns.max_pool2d_backward(grad, input, indices, *ctx.geometry),) + (None,) * 5
+        return (ns.max_pool2d_backward(grad, input, indices, *ctx.geometry),) + (None,) * (ctx.num_inputs - 1)
 
     return backward
 

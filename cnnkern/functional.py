@@ -148,8 +148,12 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
                return_indices: bool = False):
     """Like torch.nn.functional.max_pool2d (indices in torch's layout, usable with nn.MaxUnpool2d)."""
     geometry = _pool_geometry("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode)
-    ops = _ops.ops_for(_backend.resolve(input.device))
-    out, indices = _batched(input, lambda x: ops.max_pool2d(x, *geometry, ceil_mode))
+    backend = _backend.resolve(input.device)
+    ops = _ops.ops_for(backend)
+    # The Triton op writes int64 indices only when asked (else a 1-byte window offset for backward);
+    # the C++ ops always return int64 indices.
+    extra = (return_indices,) if backend == "triton" else ()
+    out, indices = _batched(input, lambda x: ops.max_pool2d(x, *geometry, ceil_mode, *extra))
     return (out, indices) if return_indices else out
 
 
