@@ -93,7 +93,9 @@ def _stat_dtype(input):
     return torch.float64 if input.dtype == torch.float64 else torch.float32
 
 
-def _batch_norm_relu_fake(input, weight, bias, running_mean, running_var, training, eps):
+def _batch_norm_relu_fake(input, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum,
+                          eps):
+    # running_mean, running_var and num_batches_tracked are updated in place: nothing to allocate for them
     stat = input.new_empty((input.shape[1],), dtype=_stat_dtype(input))
     return empty_like_format(input.shape, input), stat, stat.clone()
 
@@ -183,27 +185,76 @@ def _adaptive_avg_pool2d_backward_for(ns):
     return backward
 
 
+# batch_norm_relu(input, weight, bias, running_mean!, running_var!, num_batches_tracked!, training, momentum, eps):
+# the op updates the three buffers itself; they never require grad and get None gradients.
+_BATCH_NORM_NONDIFF = (None,) * 6  # running_mean, running_var, num_batches_tracked, training, momentum, eps
+
+
 def _batch_norm_relu_setup_context(ctx, inputs, output):
-    input, weight, bias, _, _, ctx.training, ctx.eps = inputs
+    input, weight, bias, _, _, _, ctx.training, _, ctx.eps = inputs
     y, mean, var = output
     ctx.save_for_backward(input, y, mean, var, weight)
     ctx.has_bias = bias is not None
     ctx.mark_non_differentiable(mean, var)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for mean and var
 
 
 def _batch_norm_relu_backward_for(ns):
     def backward(ctx, grad, _grad_mean, _grad_var):
+        if grad is None:  # y unused (grads are not materialised)
+            return (None,) * 3 + _BATCH_NORM_NONDIFF
         input, y, mean, var, weight = ctx.saved_tensors
         dx, dw, db = ns.batch_norm_relu_backward(grad, y, input, mean, var, weight, ctx.training, ctx.eps)
         dw = dw.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
         db = db.to(weight.dtype if weight is not None else input.dtype) if ctx.has_bias else None
-        return dx, dw, db, None, None, None, None
+        return (dx, dw, db) + _BATCH_NORM_NONDIFF
 
     return backward
 
 
-_AUTOGRAD = {
-    "batch_norm_relu": (_batch_norm_relu_backward_for, _batch_norm_relu_setup_context),
+def _batch_norm_relu_triton_setup_context(ctx, inputs, output):
+    # The Triton backward recomputes the ReLU mask from the input: y is not kept.
+    input, weight, bias, _, _, _, ctx.training, _, ctx.eps = inputs
+    _, mean, var = output
+    ctx.save_for_backward(input, mean, var, weight, bias)
+    ctx.mark_non_differentiable(mean, var)
+    ctx.set_materialize_grads(False)
+
+
+def _batch_norm_relu_triton_backward(ctx, grad, _grad_mean, _grad_var):
+    if grad is None:
+        return (None,) * 3 + _BATCH_NORM_NONDIFF
+    input, mean, var, weight, bias = ctx.saved_tensors
+    mask = [bool(m) for m in ctx.needs_input_grad[:3]]
+    dx, dw, db = torch.ops.cnnkern_triton.batch_norm_relu_backward(grad, input, mean, var, weight, bias,
+                                                                   ctx.training, ctx.eps, mask)
+    return (dx if mask[0] else None, dw if mask[1] and weight is not None else None,
+            db if mask[2] and bias is not None else None) + _BATCH_NORM_NONDIFF
+
+
+_LIBRARIES = []  # keeps the Autograd registrations below alive
+
+
+def _register_batch_norm_autograd(ns: str) -> None:
+    """The autograd formula of the mutating batch_norm_relu op. torch.library.register_autograd
+    refuses any schema with a mutable argument, even buffers that never require grad;
+    this installs the kernel it would install (torch._library.autograd.make_autograd_impl)."""
+    from torch._library.autograd import Info, make_autograd_impl
+
+    if ns == "cnnkern_triton":
+        from .kernels.batch_norm import batch_norm_relu as opdef  # a CustomOpDef: its Autograd kernel reads these
+
+        opdef._backward_fn = _batch_norm_relu_triton_backward
+        opdef._setup_context_fn = _batch_norm_relu_triton_setup_context
+        return
+    op = getattr(torch.ops, ns).batch_norm_relu.default
+    lib = torch.library.Library(ns, "IMPL")
+    info = Info(_batch_norm_relu_backward_for(getattr(torch.ops, ns)), _batch_norm_relu_setup_context)
+    lib.impl("batch_norm_relu", make_autograd_impl(op, info), "Autograd", with_keyset=True)
+    _LIBRARIES.append(lib)
+
+
+_AUTOGRAD = {  # batch_norm_relu mutates its buffers: _register_batch_norm_autograd
     "conv2d": (_conv2d_backward_for, _conv2d_setup_context),
     "max_pool2d": (_max_pool2d_backward_for, _max_pool2d_setup_context),
     "avg_pool2d": (_avg_pool2d_backward_for, _avg_pool2d_setup_context),
@@ -214,3 +265,4 @@ for _ns in sorted(set(_NAMESPACE.values())):
         continue
     for _op, (_backward_for, _setup) in _AUTOGRAD.items():
         torch.library.register_autograd(f"{_ns}::{_op}", _backward_for(getattr(torch.ops, _ns)), setup_context=_setup)
+    _register_batch_norm_autograd(_ns)

@@ -186,14 +186,18 @@ def adaptive_avg_pool2d(input: torch.Tensor, output_size) -> torch.Tensor:
 
 def batch_norm_relu(input: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
                     weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, training: bool = False,
-                    momentum: float = 0.1, eps: float = 1e-5) -> torch.Tensor:
-    """relu(F.batch_norm(...)) in one fused kernel, with F.batch_norm's arguments.
+                    momentum: float | None = 0.1, eps: float = 1e-5, *,
+                    num_batches_tracked: torch.Tensor | None = None) -> torch.Tensor:
+    """relu(F.batch_norm(...)) in one fused op, with F.batch_norm's arguments.
 
     Training normalises with the batch statistics (reduced in fp32 whatever the
-    input dtype) and, when running statistics are given, updates them as
-    F.batch_norm does: running = (1 - momentum)·running + momentum·batch, with
-    the unbiased batch variance. Eval normalises with the running statistics.
-    (BatchNormReLU2d turns momentum=None into the cumulative-average factor.)
+    input dtype) and, when running statistics are given, the op updates them in
+    place as F.batch_norm does: running = (1 - momentum)·running + momentum·batch,
+    with the unbiased batch variance. Eval normalises with the running statistics.
+    num_batches_tracked (nn.BatchNorm2d's counter, optional) is bumped by one in
+    training, and momentum=None then means the cumulative average (factor
+    1 / num_batches_tracked), as nn.BatchNorm2d does; without a counter,
+    momentum=None is a factor of 0.
     """
     if input.dim() != 4:
         raise ValueError(f"expected 4D input (got {input.dim()}D input)")
@@ -211,14 +215,8 @@ def batch_norm_relu(input: torch.Tensor, running_mean: torch.Tensor | None, runn
     elif running_mean is None or running_var is None:
         raise RuntimeError("batch_norm_relu: running_mean and running_var must be defined in evaluation mode")
     ops = _ops.ops_for(_backend.resolve(input.device))
-    out, mean, var = ops.batch_norm_relu(input, weight, bias, running_mean, running_var, training, eps)
-    if training and running_mean is not None and input.numel() > 0:
-        count = input.numel() // channels
-        with torch.no_grad():
-            factor = momentum
-            running_mean.mul_(1 - factor).add_(mean.to(running_mean.dtype), alpha=factor)
-            unbiased = var * (count / (count - 1))
-            running_var.mul_(1 - factor).add_(unbiased.to(running_var.dtype), alpha=factor)
+    out, _, _ = ops.batch_norm_relu(input, weight, bias, running_mean, running_var, num_batches_tracked, training,
+                                    momentum, eps)
     return out
 
 

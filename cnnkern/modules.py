@@ -44,19 +44,19 @@ class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
 
 
 class BatchNormReLU2d(nn.BatchNorm2d):
-    """relu(nn.BatchNorm2d(x)) in one fused kernel: nn.BatchNorm2d's constructor
+    """relu(nn.BatchNorm2d(x)) in one fused op: nn.BatchNorm2d's constructor
     arguments, state_dict keys and running-statistics rules (momentum=None is a
-    cumulative average; num_batches_tracked counts training batches)."""
+    cumulative average; num_batches_tracked counts training batches). The op
+    updates the buffers itself: this forward issues no tensor ops of its own."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        # nn.BatchNorm2d's own bookkeeping, line for line (torch/nn/modules/batchnorm.py).
+        # nn.BatchNorm2d's choices (torch/nn/modules/batchnorm.py); the counter bump
+        # and the momentum factor it derives happen inside the op.
         self._check_input_dim(input)
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        tracking = self.training and self.track_running_stats
         batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         keep_running = not self.training or self.track_running_stats
         return CF.batch_norm_relu(input, self.running_mean if keep_running else None,
                                   self.running_var if keep_running else None, self.weight, self.bias,
-                                  batch_stats, factor, self.eps)
+                                  batch_stats, self.momentum, self.eps,
+                                  num_batches_tracked=self.num_batches_tracked if tracking else None)

@@ -4,7 +4,9 @@
 // one: a plane's mean and sum of squared deviations are taken in two passes,
 // then merged into the channel's running (count, mean, M2) with Chan's
 // formula, which keeps the variance accurate even when the mean dwarfs the
-// spread. Apply: one pass per element. Backward: per channel, one pass
+// spread. Apply: one pass per element. The running statistics (and the
+// counter) are updated inside the op, by one loop over the channels after the
+// statistics (batch_norm_common.h's rules). Backward: per channel, one pass
 // reduces Σg and Σg·x̂ (g = dy where the saved output is positive), one more
 // writes dx. Everything accumulates in fp32 (double for double).
 // When every tensor's (n, c) plane is one contiguous run (NCHW), the loops run
@@ -121,16 +123,17 @@ void channel_statistics(const T* x, const Planes& p, int64_t c, A* mean_out, A* 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu(
     const at::Tensor& input, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
-    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var, bool training,
+    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
+    const std::optional<at::Tensor>& num_batches_tracked, bool training, std::optional<double> momentum,
     double eps) {
   check_batch_norm_input(input);
   const auto w = channel_vector(weight, input, "weight");
   const auto b = channel_vector(bias, input, "bias");
   const int64_t C = input.size(1);
+  const RunningUpdate update =
+      start_running_update(input, running_mean, running_var, num_batches_tracked, training, momentum);
   at::Tensor mean, var;
   if (training) {
-    TORCH_CHECK(input.numel() / std::max<int64_t>(C, 1) > 1 || input.numel() == 0,
-                "cnnkern batch_norm_relu: expected more than 1 value per channel when training");
     mean = at::empty({C}, input.options().dtype(acc_dtype(input.scalar_type())));
     var = at::empty({C}, input.options().dtype(acc_dtype(input.scalar_type())));
   } else {
@@ -174,6 +177,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu(
             }
       }
     });
+    finish_running_update_host<A>(update, running_mean, running_var, mean_p, var_p);
   });
   return {y, mean, var};
 }

@@ -1,7 +1,8 @@
-// Argument checks and per-channel parameter handling shared by every C++
-// BatchNorm+ReLU backend (CPU, CUDA, emulation).
+// Argument checks, per-channel parameter handling and the running-statistics
+// rules shared by every C++ BatchNorm+ReLU backend (CPU, CUDA, emulation).
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <c10/util/Exception.h>
 
 #include <optional>
@@ -42,6 +43,98 @@ inline std::pair<at::Tensor, at::Tensor> running_statistics(const std::optional<
   auto mean = channel_vector(running_mean, input, "running_mean")->clone();
   auto var = channel_vector(running_var, input, "running_var")->clone();
   return {mean, var};
+}
+
+// ---- Running statistics: nn.BatchNorm2d's rules, written once ------------------
+// (kernels/batch_norm.py's finalize kernel implements the same for Triton.)
+// In a training forward: num_batches_tracked, when given, is bumped by one; the
+// momentum factor f is `momentum`, or 1 / num_batches_tracked after the bump for
+// momentum=None (a cumulative average; 0 without a counter, as nn.BatchNorm2d);
+// then running = f·batch + (1 - f)·running, the variance unbiased (x M/(M-1),
+// M = N·H·W values per channel), computed in the accumulator type and stored in
+// the buffers' own dtype (a bf16 module keeps bf16 buffers). An empty batch
+// bumps the counter and leaves the statistics, as torch's batch_norm does.
+
+// The update itself, for a scalar (CPU loop) or a tensor (GPU wrappers, at:: ops).
+template <typename T, typename F>
+T momentum_update(const T& running, const T& batch, const F& factor) {
+  return batch * factor + running * (1 - factor);
+}
+
+struct RunningUpdate {
+  bool mean = false, var = false;          // which buffers to update
+  double factor = 0;                       // f, when known on the host
+  std::optional<at::Tensor> factor_tensor;  // f = 1 / num_batches_tracked on its device (no host sync)
+  double unbias = 1;                       // M / (M - 1)
+};
+
+// Checks the buffers, bumps the counter and decides the update; call before the
+// kernels (the CPU backend reads the bumped counter on the host).
+inline RunningUpdate start_running_update(const at::Tensor& input, const std::optional<at::Tensor>& running_mean,
+                                          const std::optional<at::Tensor>& running_var,
+                                          const std::optional<at::Tensor>& num_batches_tracked, bool training,
+                                          std::optional<double> momentum) {
+  for (const auto* t : {&running_mean, &running_var}) {
+    if (!t->has_value()) continue;
+    const at::Tensor& r = **t;
+    TORCH_CHECK(r.dim() == 1 && r.size(0) == input.size(1), "cnnkern batch_norm_relu: running statistics of shape ",
+                r.sizes(), " do not match ", input.size(1), " channels");
+    TORCH_CHECK(r.device() == input.device(), "cnnkern batch_norm_relu: running statistics are on a different device");
+    TORCH_CHECK(at::isFloatingType(r.scalar_type()),
+                "cnnkern batch_norm_relu: running statistics must be floating point");
+  }
+  RunningUpdate u;
+  if (!training) return u;
+  if (num_batches_tracked.has_value()) {
+    TORCH_CHECK(num_batches_tracked->numel() == 1 && num_batches_tracked->device() == input.device(),
+                "cnnkern batch_norm_relu: num_batches_tracked must be one element on the input's device");
+    num_batches_tracked->add_(1);
+  }
+  const int64_t per_channel = input.size(1) > 0 ? input.numel() / input.size(1) : 0;
+  if (per_channel == 0) return u;
+  TORCH_CHECK(per_channel > 1, "cnnkern batch_norm_relu: expected more than 1 value per channel when training");
+  u.mean = running_mean.has_value();
+  u.var = running_var.has_value();
+  u.unbias = static_cast<double>(per_channel) / static_cast<double>(per_channel - 1);
+  if (momentum.has_value()) {
+    u.factor = *momentum;
+  } else if (num_batches_tracked.has_value() && (u.mean || u.var)) {
+    if (num_batches_tracked->device().is_cpu())
+      u.factor = 1.0 / static_cast<double>(num_batches_tracked->item<int64_t>());
+    else
+      u.factor_tensor = num_batches_tracked->to(acc_dtype(input.scalar_type())).reciprocal();
+  }
+  return u;
+}
+
+// GPU wrappers: the update as at:: ops on the device (batch_mean / batch_var: the op's biased statistics).
+inline void finish_running_update(const RunningUpdate& u, const std::optional<at::Tensor>& running_mean,
+                                  const std::optional<at::Tensor>& running_var, const at::Tensor& batch_mean,
+                                  const at::Tensor& batch_var) {
+  auto update = [&](const at::Tensor& running, const at::Tensor& batch) {
+    const at::Tensor r = running.to(batch.scalar_type());
+    running.copy_(u.factor_tensor ? momentum_update(r, batch, *u.factor_tensor) : momentum_update(r, batch, u.factor));
+  };
+  if (u.mean) update(*running_mean, batch_mean);
+  if (u.var) update(*running_var, batch_var * u.unbias);
+}
+
+// CPU: the update as a loop over the channels, in the accumulator type A.
+template <typename A>
+void finish_running_update_host(const RunningUpdate& u, const std::optional<at::Tensor>& running_mean,
+                                const std::optional<at::Tensor>& running_var, const A* batch_mean,
+                                const A* batch_var) {
+  auto update = [&](const at::Tensor& running, const A* batch, A unbias) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running.scalar_type(), "cnnkern_bn_running", [&] {
+      scalar_t* r = running.data_ptr<scalar_t>();
+      const int64_t stride = running.stride(0);
+      const A f = static_cast<A>(u.factor);
+      for (int64_t c = 0; c < running.size(0); ++c)
+        r[c * stride] = static_cast<scalar_t>(momentum_update(static_cast<A>(r[c * stride]), batch[c] * unbias, f));
+    });
+  };
+  if (u.mean) update(*running_mean, batch_mean, A(1));
+  if (u.var) update(*running_var, batch_var, static_cast<A>(u.unbias));
 }
 
 }  // namespace cnnkern

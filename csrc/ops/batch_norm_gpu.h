@@ -20,14 +20,19 @@ const A* ptr_or_null(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->const_data_ptr<A>() : nullptr;
 }
 
+// Training also updates the running statistics, for now with at:: ops after
+// the kernels (batch_norm_common.h).
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_op(
     const at::Tensor& input, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
-    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var, bool training,
+    const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
+    const std::optional<at::Tensor>& num_batches_tracked, bool training, std::optional<double> momentum,
     double eps) {
   check_batch_norm_input(input);
   const auto w = channel_vector(weight, input, "weight");
   const auto b = channel_vector(bias, input, "bias");
   const auto acc = acc_dtype(input.scalar_type());
+  const RunningUpdate update =
+      start_running_update(input, running_mean, running_var, num_batches_tracked, training, momentum);
   at::Tensor mean, var;
   if (training) {
     mean = at::empty({input.size(1)}, input.options().dtype(acc));
@@ -54,6 +59,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_op(
                                     var.const_data_ptr<A>(), ptr_or_null<A>(w), ptr_or_null<A>(b), eps,
                                     y.data_ptr<scalar_t>(), current_stream(input));
   });
+  finish_running_update(update, running_mean, running_var, mean, var);
   return {y, mean, var};
 }
 

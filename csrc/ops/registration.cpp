@@ -40,10 +40,15 @@ void define_schemas(torch::Library& m) {
 
   // Fused relu(batch_norm(x)). Returns the output and the statistics it used
   // (batch mean and biased variance when training, the running ones otherwise),
-  // in fp32 (fp64 for double); running statistics are updated by the caller.
+  // in fp32 (fp64 for double). In training it updates the buffers in place as
+  // nn.BatchNorm2d does (batch_norm_common.h): num_batches_tracked += 1, then
+  // running = (1 - f)·running + f·batch (unbiased variance), f = momentum, or
+  // 1 / num_batches_tracked for momentum=None. The Triton op
+  // (kernels/batch_norm.py) takes the same arguments.
   m.def(
-      "batch_norm_relu(Tensor input, Tensor? weight, Tensor? bias, Tensor? running_mean, Tensor? running_var, "
-      "bool training, float eps) -> (Tensor, Tensor, Tensor)");
+      "batch_norm_relu(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
+      "Tensor(b!)? running_var, Tensor(c!)? num_batches_tracked, bool training, float? momentum, float eps) "
+      "-> (Tensor, Tensor, Tensor)");
   // Gradients of input, weight and bias (the last two in fp32, fp64 for double),
   // from the saved output's ReLU mask: no pre-activation tensor is kept.
   m.def(
