@@ -85,8 +85,14 @@ def available_backends(device: str | torch.device = "cpu") -> list[str]:
     return [name for name in BACKENDS if _unavailable_reason(name, device) is None]
 
 
+_RESOLVED: dict = {}  # (override, device) -> the backend that passed _unavailable_reason
+
+
 def resolve(device: torch.device) -> str:
     """The backend to run an op on `device`, or a RuntimeError saying what is missing."""
+    name = _RESOLVED.get((_override, device))  # every layer call asks: keep the answer
+    if name is not None:
+        return name
     name = _override or _DEFAULT.get(device.type)
     if name is None:
         raise RuntimeError(f"cnnkern has no backend for {device.type} tensors")
@@ -96,4 +102,6 @@ def resolve(device: torch.device) -> str:
             f"cnnkern backend {name!r} cannot run {device.type} tensors here: {reason}. "
             f"Available for {device.type}: {available_backends(device) or 'none'}"
         )
+    _RESOLVED[(_override, device)] = name
     return name
+

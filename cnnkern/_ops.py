@@ -2,27 +2,28 @@
 
 torch.ops.cnnkern       C++ ops: CPU kernels on CPU tensors, CUDA kernels on CUDA tensors
 torch.ops.cnnkern_emu   the CUDA kernels built as host code, on CPU tensors ("cuda_emu")
-torch.ops.cnnkern_triton  Triton kernels (cnnkern.kernels), registered with triton_op
-Every forward op gets the same autograd formula, calling its own namespace's
-backward ops, so a backward pass never leaves the backend its forward ran on.
+torch.ops.cnnkern_triton  Triton kernels (cnnkern.kernels), registered with triton_op on first use
+Every forward op's autograd calls its own namespace's backward ops, so a
+backward pass never leaves the backend its forward ran on: in C++ for the two
+C++ namespaces (csrc/ops/autograd.cpp), below for the Triton one.
 """
 from __future__ import annotations
+
+import importlib.util
 
 import torch
 
 from . import _C
 from ._shapes import conv2d_memory_format, conv2d_output_shape, empty_like_format, memory_format_of, pool2d_output_shape
 
-try:  # each module registers its ops in torch.ops.cnnkern_triton
-    from .kernels import conv2d as _triton_conv2d  # noqa: F401
-    from .kernels import batch_norm as _triton_batch_norm  # noqa: F401
-    from .kernels import pool2d as _triton_pool2d  # noqa: F401
-
-    _TRITON_ERROR: Exception | None = None
-except ImportError as exc:  # triton missing or unusable: the other backends still work
-    _TRITON_ERROR = exc
-
 _NAMESPACE = {"cpu": "cnnkern", "cuda": "cnnkern", "cuda_emu": "cnnkern_emu", "triton": "cnnkern_triton"}
+
+# The Triton ops are loaded on first use (load_triton), not at import: triton and
+# torch.library.triton_op pull in Inductor, which would triple `import cnnkern`.
+# Only a missing triton package makes the backend unavailable; a cnnkern.kernels
+# that fails to import (a broken or partial install) is an error when it is needed.
+_TRITON_FOUND = importlib.util.find_spec("triton") is not None
+_triton_loaded = False
 
 
 def cuda_built() -> bool:
@@ -30,16 +31,85 @@ def cuda_built() -> bool:
 
 
 def triton_available() -> bool:
-    return _TRITON_ERROR is None
+    return _TRITON_FOUND
 
 
 def triton_import_error() -> str:
-    return repr(_TRITON_ERROR)
+    return "no module named 'triton'"
+
+
+def load_triton() -> None:
+    """Register torch.ops.cnnkern_triton.* (the kernels and their autograd), once."""
+    global _triton_loaded
+    if _triton_loaded:
+        return
+    if not _TRITON_FOUND:
+        raise RuntimeError("cnnkern's triton backend needs the triton package, which is not installed")
+    from .kernels import batch_norm, conv2d, pool2d  # noqa: F401  (each registers its ops)
+
+    for op, (backward_for, setup) in _AUTOGRAD.items():
+        torch.library.register_autograd(f"cnnkern_triton::{op}", backward_for(torch.ops.cnnkern_triton),
+                                        setup_context=setup)
+    _register_batch_norm_autograd("cnnkern_triton")
+    _triton_loaded = True
+
+
+_NS_CACHE: dict = {}
 
 
 def ops_for(backend: str):
-    """The torch.ops namespace that implements `backend`."""
-    return getattr(torch.ops, _NAMESPACE[backend])
+    """What implements `backend`: its torch.ops namespace, or for Triton in eager
+    mode the lean namespace (_triton_eager), which skips the op layer."""
+    if backend == "triton" and not torch.compiler.is_compiling():
+        backend = "triton-eager"
+    ns = _NS_CACHE.get(backend)
+    if ns is None:
+        if backend == "triton-eager":
+            ns = _triton_eager()
+        else:
+            if backend == "triton":
+                load_triton()
+            ns = getattr(torch.ops, _NAMESPACE[backend])
+        _NS_CACHE[backend] = ns
+    return ns
+
+
+def _triton_eager():
+    """torch.ops.cnnkern_triton's ops as plain calls: each forward an autograd.Function over
+    the launcher itself, its backward calling the backward launchers directly. A triton_op
+    call goes through the dispatcher and torch.library's Python autograd and redispatch layers
+    (hundreds of µs per layer call, measured on the CPU); in eager mode nothing needs them.
+    torch.compile keeps the registered ops (ops_for), which Inductor sees through."""
+    import types
+
+    load_triton()
+    from .kernels import batch_norm, conv2d, pool2d
+
+    launchers = {name: getattr(module, name)._init_fn for module, names in (
+        (conv2d, ("conv2d", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward_bias")),
+        (pool2d, ("max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d",
+                  "adaptive_avg_pool2d_backward")),
+        (batch_norm, ("batch_norm_relu", "batch_norm_relu_backward"))) for name in names}
+    ns = types.SimpleNamespace(**launchers)
+    formulas = {op: (backward_for(ns), setup) for op, (backward_for, setup) in _AUTOGRAD.items()}
+    formulas["batch_norm_relu"] = (_batch_norm_relu_triton_backward_for(ns), _batch_norm_relu_triton_setup_context)
+    for op, (backward, setup) in formulas.items():
+        setattr(ns, op, _eager_function(op, launchers[op], setup, backward).apply)
+    return ns
+
+
+def _eager_function(op, launcher, setup, backward):
+    """An autograd.Function running launcher, with the same setup_context and backward as the
+    registered op. forward takes ctx itself: the separate setup_context style would bind
+    default arguments through inspect.signature on every call."""
+
+    def forward(ctx, *inputs):
+        output = launcher(*inputs)
+        setup(ctx, inputs, output)
+        return output
+
+    return type(f"Triton_{op}", (torch.autograd.Function,),
+                dict(forward=staticmethod(forward), backward=staticmethod(backward)))
 
 
 # ----------------------------------------------------------------------------- fake tensors (C++ ops)
@@ -120,7 +190,7 @@ for _ns in ("cnnkern", "cnnkern_emu"):
     torch.library.register_fake(f"{_ns}::conv2d_backward_bias", _conv2d_backward_bias_fake)
 
 
-# ----------------------------------------------------------------------------- autograd
+# ----------------------------------------------------------------------------- autograd (Triton ops)
 
 
 def _conv2d_setup_context(ctx, inputs, output):
@@ -190,28 +260,6 @@ def _adaptive_avg_pool2d_backward_for(ns):
 _BATCH_NORM_NONDIFF = (None,) * 6  # running_mean, running_var, num_batches_tracked, training, momentum, eps
 
 
-def _batch_norm_relu_setup_context(ctx, inputs, output):
-    input, weight, bias, _, _, _, ctx.training, _, ctx.eps = inputs
-    y, mean, var = output
-    ctx.save_for_backward(input, y, mean, var, weight)
-    ctx.has_bias = bias is not None
-    ctx.mark_non_differentiable(mean, var)
-    ctx.set_materialize_grads(False)  # no zero-filled gradients for mean and var
-
-
-def _batch_norm_relu_backward_for(ns):
-    def backward(ctx, grad, _grad_mean, _grad_var):
-        if grad is None:  # y unused (grads are not materialised)
-            return (None,) * 3 + _BATCH_NORM_NONDIFF
-        input, y, mean, var, weight = ctx.saved_tensors
-        dx, dw, db = ns.batch_norm_relu_backward(grad, y, input, mean, var, weight, ctx.training, ctx.eps)
-        dw = dw.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
-        db = db.to(weight.dtype if weight is not None else input.dtype) if ctx.has_bias else None
-        return (dx, dw, db) + _BATCH_NORM_NONDIFF
-
-    return backward
-
-
 def _batch_norm_relu_triton_setup_context(ctx, inputs, output):
     # The Triton backward recomputes the ReLU mask from the input: y is not kept.
     input, weight, bias, _, _, _, ctx.training, _, ctx.eps = inputs
@@ -221,37 +269,27 @@ def _batch_norm_relu_triton_setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def _batch_norm_relu_triton_backward(ctx, grad, _grad_mean, _grad_var):
-    if grad is None:
-        return (None,) * 3 + _BATCH_NORM_NONDIFF
-    input, mean, var, weight, bias = ctx.saved_tensors
-    mask = [bool(m) for m in ctx.needs_input_grad[:3]]
-    dx, dw, db = torch.ops.cnnkern_triton.batch_norm_relu_backward(grad, input, mean, var, weight, bias,
-                                                                   ctx.training, ctx.eps, mask)
-    return (dx if mask[0] else None, dw if mask[1] and weight is not None else None,
-            db if mask[2] and bias is not None else None) + _BATCH_NORM_NONDIFF
+def _batch_norm_relu_triton_backward_for(ns):
+    def backward(ctx, grad, _grad_mean, _grad_var):
+        if grad is None:
+            return (None,) * 3 + _BATCH_NORM_NONDIFF
+        input, mean, var, weight, bias = ctx.saved_tensors
+        mask = [bool(m) for m in ctx.needs_input_grad[:3]]
+        dx, dw, db = ns.batch_norm_relu_backward(grad, input, mean, var, weight, bias, ctx.training, ctx.eps, mask)
+        return (dx if mask[0] else None, dw if mask[1] and weight is not None else None,
+                db if mask[2] and bias is not None else None) + _BATCH_NORM_NONDIFF
 
-
-_LIBRARIES = []  # keeps the Autograd registrations below alive
+    return backward
 
 
 def _register_batch_norm_autograd(ns: str) -> None:
-    """The autograd formula of the mutating batch_norm_relu op. torch.library.register_autograd
-    refuses any schema with a mutable argument, even buffers that never require grad;
-    this installs the kernel it would install (torch._library.autograd.make_autograd_impl)."""
-    from torch._library.autograd import Info, make_autograd_impl
+    """The autograd formula of the mutating Triton batch_norm_relu op: torch.library.register_autograd
+    refuses any schema with a mutable argument, even buffers that never require grad, so the
+    formula goes where the CustomOpDef's own Autograd kernel reads it."""
+    from .kernels.batch_norm import batch_norm_relu as opdef
 
-    if ns == "cnnkern_triton":
-        from .kernels.batch_norm import batch_norm_relu as opdef  # a CustomOpDef: its Autograd kernel reads these
-
-        opdef._backward_fn = _batch_norm_relu_triton_backward
-        opdef._setup_context_fn = _batch_norm_relu_triton_setup_context
-        return
-    op = getattr(torch.ops, ns).batch_norm_relu.default
-    lib = torch.library.Library(ns, "IMPL")
-    info = Info(_batch_norm_relu_backward_for(getattr(torch.ops, ns)), _batch_norm_relu_setup_context)
-    lib.impl("batch_norm_relu", make_autograd_impl(op, info), "Autograd", with_keyset=True)
-    _LIBRARIES.append(lib)
+    opdef._backward_fn = _batch_norm_relu_triton_backward_for(torch.ops.cnnkern_triton)
+    opdef._setup_context_fn = _batch_norm_relu_triton_setup_context
 
 
 _AUTOGRAD = {  # batch_norm_relu mutates its buffers: _register_batch_norm_autograd
@@ -260,9 +298,5 @@ _AUTOGRAD = {  # batch_norm_relu mutates its buffers: _register_batch_norm_autog
     "avg_pool2d": (_avg_pool2d_backward_for, _avg_pool2d_setup_context),
     "adaptive_avg_pool2d": (_adaptive_avg_pool2d_backward_for, _adaptive_avg_pool2d_setup_context),
 }
-for _ns in sorted(set(_NAMESPACE.values())):
-    if _ns == "cnnkern_triton" and not triton_available():
-        continue
-    for _op, (_backward_for, _setup) in _AUTOGRAD.items():
-        torch.library.register_autograd(f"{_ns}::{_op}", _backward_for(getattr(torch.ops, _ns)), setup_context=_setup)
-    _register_batch_norm_autograd(_ns)
+# The C++ namespaces (cnnkern, cnnkern_emu) register their autograd in C++ (csrc/ops/autograd.cpp);
+# the Triton namespace gets the formulas above when it is loaded (load_triton).

@@ -21,12 +21,8 @@ def _positive(values, message):
         raise RuntimeError(message)
 
 
-def _check_conv2d(input, weight, bias, stride, padding, dilation, groups):
-    if weight.dim() != 4:
-        raise RuntimeError(f"Expected 4-dimensional weight for conv2d, but got weight of size {list(weight.shape)}")
-    if input.dim() not in (3, 4):
-        raise RuntimeError(
-            f"Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: {list(input.shape)}")
+def _check_conv2d_tensors(input, weight, bias):
+    """The checks of conv2d's arguments that their shapes do not decide: dtype and device."""
     for name, t in (("weight", weight), ("bias", bias)):
         if t is None:
             continue
@@ -37,6 +33,15 @@ def _check_conv2d(input, weight, bias, stride, padding, dilation, groups):
                 f"Expected all tensors to be on the same device, but found input on {input.device} "
                 f"and {name} on {t.device}")
     _check_float(input, "conv2d")
+
+
+def _check_conv2d(input, weight, bias, stride, padding, dilation, groups):
+    if weight.dim() != 4:
+        raise RuntimeError(f"Expected 4-dimensional weight for conv2d, but got weight of size {list(weight.shape)}")
+    if input.dim() not in (3, 4):
+        raise RuntimeError(
+            f"Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: {list(input.shape)}")
+    _check_conv2d_tensors(input, weight, bias)
     if groups <= 0:
         raise RuntimeError("non-positive groups is not supported")
     _positive(stride, "non-positive stride is not supported")
@@ -84,6 +89,8 @@ def _same_padding(input, weight, stride, dilation):
 def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0,
            dilation=1, groups: int = 1) -> torch.Tensor:
     """Like torch.nn.functional.conv2d, on cnnkern's kernels."""
+    if torch.is_autocast_enabled(input.device.type):
+        input, weight, bias = _autocast(input, weight, bias)
     stride, dilation = _pair(stride), _pair(dilation)
     if isinstance(padding, str):
         if padding == "valid":
@@ -94,7 +101,13 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
             raise RuntimeError(f"Invalid padding string: '{padding}'")
     else:
         padding = _pair(padding)
-    _check_conv2d(input, weight, bias, stride, padding, dilation, groups)
+    key = ("conv2d", input.shape, weight.shape, None if bias is None else bias.shape, stride, padding, dilation,
+           groups)
+    if _cached(key) is None:
+        _check_conv2d(input, weight, bias, stride, padding, dilation, groups)
+        _remember(key, True)
+    else:
+        _check_conv2d_tensors(input, weight, bias)
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
@@ -103,13 +116,59 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     return out.squeeze(0) if unbatched else out
 
 
+def _autocast(*tensors):
+    """Inside torch.autocast, convolutions compute in the autocast dtype (torch's own
+    rule for conv2d, on CUDA and CPU alike): floating tensors are cast to it. Pooling
+    follows its input and BatchNorm keeps its fp32 parameters and statistics, as
+    torch's ops do, so only conv2d needs this."""
+    dtype = torch.get_autocast_dtype(tensors[0].device.type)
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
+                 for t in tensors)
+
+
 def _check_float(input, op):
     if input.dtype not in _FLOAT_DTYPES:
         raise NotImplementedError(f"cnnkern {op} supports float16, bfloat16, float32 and float64, not {input.dtype}")
 
 
+# Checked arguments, by value and input shape: a layer called again with what
+# passed before skips straight to the op (the checks cost more than a small
+# CPU kernel). Only what passed is kept, so every bad call still raises; the
+# dtype and device checks, which the key does not cover, run on every call.
+_CHECKED: dict = {}
+_CHECKED_MAX = 4096
+
+
+def _remember(key, value):
+    if len(_CHECKED) >= _CHECKED_MAX:
+        _CHECKED.clear()
+    _CHECKED[key] = value
+    return value
+
+
+def _cached(key):
+    """The remembered result for key, or None (also for an unhashable key: lists, tensors)."""
+    try:
+        return _CHECKED.get(key)
+    except TypeError:
+        return None
+
+
 def _pool_geometry(op, input, kernel_size, stride, padding, dilation, ceil_mode):
     """Normalise and validate pooling arguments as torch does; returns 2-element lists."""
+    key = (op, input.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    hit = _cached(key)
+    if hit is not None:
+        _check_float(input, op)
+        return hit
+    geometry = _pool_geometry_checked(op, input, kernel_size, stride, padding, dilation, ceil_mode)
+    try:
+        return _remember(key, geometry)
+    except TypeError:
+        return geometry
+
+
+def _pool_geometry_checked(op, input, kernel_size, stride, padding, dilation, ceil_mode):
     kernel = _pair(kernel_size)
     stride = kernel if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) else _pair(stride)
     padding, dilation = _pair(padding), _pair(dilation)

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import os
 from dataclasses import dataclass
+from typing import List, Optional  # noqa: F401  (see on_tensor_device)
 
 import torch
 import triton
@@ -85,3 +86,22 @@ def position(offs, C, H, W, CHANNELS_LAST: tl.constexpr):
         c = (offs // (W * H)) % C
         n = offs // (W * H * C)
     return n, c, h, w
+
+
+def on_tensor_device(launcher):
+    """Run a launcher with its first tensor's CUDA device current: Triton launches on
+    the current device and its stream, not on the tensors' (the C++ CUDA ops guard
+    the same way). Under torch.compile the generated code places launches itself.
+    (triton_op infers the op's schema from the launcher's string annotations, which
+    it evaluates in this wrapper's globals: hence this module's typing imports.)"""
+
+    @functools.wraps(launcher)
+    def guarded(first, *args, **kwargs):
+        index = first.device.index
+        if (first.device.type == "cuda" and index is not None and not torch.compiler.is_compiling()
+                and index != torch.cuda.current_device()):
+            with torch.cuda.device(index):
+                return launcher(first, *args, **kwargs)
+        return launcher(first, *args, **kwargs)
+
+    return guarded

@@ -60,7 +60,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .._shapes import empty_like_format, memory_format_of
-from ._util import check_int32_indexable, target_for
+from ._util import on_tensor_device, check_int32_indexable, target_for
 
 # Resident warps per SM that a grid is sized for (one wave, enough loads in flight
 # for HBM bandwidth), from the kernels' sm_90 register counts: the forward data
@@ -637,6 +637,7 @@ def _param(t: Optional[torch.Tensor]):
 
 
 @triton_op("cnnkern_triton::batch_norm_relu", mutates_args={"running_mean", "running_var", "num_batches_tracked"})
+@on_tensor_device
 def batch_norm_relu(input: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                     running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],
                     num_batches_tracked: Optional[torch.Tensor], training: bool, momentum: Optional[float],
@@ -690,6 +691,7 @@ def batch_norm_relu(input: torch.Tensor, weight: Optional[torch.Tensor], bias: O
 
 
 @triton_op("cnnkern_triton::batch_norm_relu_backward", mutates_args={})
+@on_tensor_device
 def batch_norm_relu_backward(grad_output: torch.Tensor, input: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
                              weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], training: bool, eps: float,
                              output_mask: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -59,7 +59,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .._shapes import conv2d_memory_format, conv2d_output_shape, memory_format_of
-from ._util import _INTERPRETER_TARGET, Target, check_int32_indexable, target_for
+from ._util import on_tensor_device, _INTERPRETER_TARGET, Target, check_int32_indexable, target_for
 
 # ----------------------------------------------------------------------------- tiles
 
@@ -828,6 +828,7 @@ def _gemm_grid(gemm_m, gemm_n, groups, depth=1):
 
 
 @triton_op("cnnkern_triton::conv2d", mutates_args={})
+@on_tensor_device
 def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: List[int],
            padding: List[int], dilation: List[int], groups: int) -> torch.Tensor:
     n, k, p, q = conv2d_output_shape(input, weight, stride, padding, dilation)
@@ -872,6 +873,7 @@ def _gcd(a: int, b: int) -> int:
 
 
 @triton_op("cnnkern_triton::conv2d_backward_input", mutates_args={})
+@on_tensor_device
 def conv2d_backward_input(grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor, stride: List[int],
                           padding: List[int], dilation: List[int], groups: int) -> torch.Tensor:
     dx = torch.empty(input.shape, dtype=input.dtype, device=input.device,
@@ -972,6 +974,7 @@ def _finalize(part, out, splits, k, c_g, r, s, part_strides, out_strides, target
 
 
 @triton_op("cnnkern_triton::conv2d_backward_weight", mutates_args={})
+@on_tensor_device
 def conv2d_backward_weight(grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor, stride: List[int],
                            padding: List[int], dilation: List[int], groups: int) -> torch.Tensor:
     k, c_g, r, s = weight.shape
@@ -1036,6 +1039,7 @@ _BGRAD_BLOCK_C, _BGRAD_BLOCK_R = 32, 64
 
 
 @triton_op("cnnkern_triton::conv2d_backward_bias", mutates_args={})
+@on_tensor_device
 def conv2d_backward_bias(grad_output: torch.Tensor) -> torch.Tensor:
     n, k, p, q = grad_output.shape
     db = torch.empty((k,), dtype=grad_output.dtype, device=grad_output.device)

@@ -61,7 +61,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .._shapes import empty_like_format, memory_format_of, pool2d_output_shape
-from ._util import check_int32_indexable, position as _position, target_for
+from ._util import on_tensor_device, check_int32_indexable, position as _position, target_for
 
 BLOCK = 256  # flat (adaptive) kernels: elements per program
 
@@ -1181,6 +1181,7 @@ _AVG_BWD = (avg_pool2d_bwd_nhwc_kernel, avg_pool2d_bwd_strip_kernel, avg_pool2d_
 
 
 @triton_op("cnnkern_triton::max_pool2d", mutates_args={})
+@on_tensor_device
 def max_pool2d(input: torch.Tensor, kernel_size: List[int], stride: List[int], padding: List[int],
                dilation: List[int], ceil_mode: bool, return_indices: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(output, what backward needs): torch's int64 flat indices when return_indices, else the winning
@@ -1199,6 +1200,7 @@ def max_pool2d(input: torch.Tensor, kernel_size: List[int], stride: List[int], p
 
 
 @triton_op("cnnkern_triton::max_pool2d_backward", mutates_args={})
+@on_tensor_device
 def max_pool2d_backward(grad_output: torch.Tensor, input: torch.Tensor, indices: torch.Tensor,
                         kernel_size: List[int], stride: List[int], padding: List[int], dilation: List[int],
                         ceil_mode: bool) -> torch.Tensor:
@@ -1218,6 +1220,7 @@ def max_pool2d_backward(grad_output: torch.Tensor, input: torch.Tensor, indices:
 
 
 @triton_op("cnnkern_triton::avg_pool2d", mutates_args={})
+@on_tensor_device
 def avg_pool2d(input: torch.Tensor, kernel_size: List[int], stride: List[int], padding: List[int], ceil_mode: bool,
                count_include_pad: bool, divisor_override: Optional[int]) -> torch.Tensor:
     shape = pool2d_output_shape(input, kernel_size, stride, padding, (1, 1), ceil_mode)
@@ -1233,6 +1236,7 @@ def avg_pool2d(input: torch.Tensor, kernel_size: List[int], stride: List[int], p
 
 
 @triton_op("cnnkern_triton::avg_pool2d_backward", mutates_args={})
+@on_tensor_device
 def avg_pool2d_backward(grad_output: torch.Tensor, input: torch.Tensor, kernel_size: List[int], stride: List[int],
                         padding: List[int], ceil_mode: bool, count_include_pad: bool,
                         divisor_override: Optional[int]) -> torch.Tensor:
@@ -1283,6 +1287,7 @@ def _global_blocks(t: torch.Tensor, channels: int, plane: int, plane_stride: int
 
 
 @triton_op("cnnkern_triton::adaptive_avg_pool2d", mutates_args={})
+@on_tensor_device
 def adaptive_avg_pool2d(input: torch.Tensor, output_size: List[int]) -> torch.Tensor:
     y = empty_like_format((*input.shape[:2], *output_size), input)
     if y.numel():
@@ -1304,6 +1309,7 @@ def adaptive_avg_pool2d(input: torch.Tensor, output_size: List[int]) -> torch.Te
 
 
 @triton_op("cnnkern_triton::adaptive_avg_pool2d_backward", mutates_args={})
+@on_tensor_device
 def adaptive_avg_pool2d_backward(grad_output: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
     dx = empty_like_format(input.shape, input)
     if dx.numel():

@@ -16,7 +16,7 @@ import math
 import sys
 from collections import defaultdict
 
-PASS_ORDER = ("forward", "forward+backward", "train step")
+PASS_ORDER = ("forward", "forward+backward", "train step", "overhead forward", "overhead forward+backward")
 
 
 def load_pairs(path: str):

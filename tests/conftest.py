@@ -17,6 +17,9 @@ import pytest  # noqa: E402
 
 import cnnkern  # noqa: E402
 
+if cnnkern._ops.triton_available():  # loaded on first use otherwise; tests reach torch.ops.cnnkern_triton directly
+    cnnkern._ops.load_triton()
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 BACKEND_DEVICES = [(b, d) for d in DEVICES for b in cnnkern.available_backends(d)]
 IDS = [f"{b}-{d}" for b, d in BACKEND_DEVICES]

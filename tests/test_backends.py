@@ -77,3 +77,81 @@ def test_setup_without_torch_names_the_right_command():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode != 0
     assert "pip install --no-build-isolation -e ." in out.stderr
+
+
+# --- the host path: what a layer call goes through ------------------------------------------------------------------
+
+
+def test_import_does_not_load_triton_or_inductor():
+    # triton_op pulls in Inductor (seconds of import): the Triton ops load on first use.
+    code = ("import sys, time\n"
+            "t0 = time.perf_counter(); import torch; t1 = time.perf_counter(); import cnnkern\n"
+            "t2 = time.perf_counter()\n"
+            "print(sorted(m for m in ('triton', 'torch._inductor', 'cnnkern.kernels') if m in sys.modules))\n"
+            "print(f'{t1 - t0:.3f} {t2 - t1:.3f}')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded, times = out.stdout.splitlines()
+    assert loaded == "[]", loaded
+    print("import torch, then import cnnkern (s):", times)
+
+
+def test_missing_kernels_package_is_an_error_not_an_absent_backend():
+    # An in-place build on PYTHONPATH without the kernels/ mapping: triton is installed, so the
+    # backend is listed, and using it says what is missing instead of quietly being absent.
+    code = ("import sys; sys.modules['cnnkern.kernels'] = None\n"
+            "import torch, cnnkern\n"
+            "print('triton' in cnnkern.available_backends('cpu'))\n"
+            "with cnnkern.use_backend('triton'):\n"
+            "    cnnkern.functional.conv2d(torch.randn(1, 1, 4, 4), torch.randn(1, 1, 3, 3))\n")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if not _ops.triton_available():
+        pytest.skip("triton is not installed")
+    assert out.stdout.strip() == "True"
+    assert out.returncode != 0 and "cnnkern.kernels" in out.stderr, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda_emu"])
+def test_cpp_ops_record_a_cpp_autograd_node(backend):
+    # The C++ ops' autograd is registered in C++ (csrc/ops/autograd.cpp): one C++ graph node per
+    # call, no Python autograd layer; without grad no node at all.
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    layers = [cnnkern.Conv2d(3, 3, 3), cnnkern.MaxPool2d(2), cnnkern.AvgPool2d(2), cnnkern.AdaptiveAvgPool2d(1),
+              cnnkern.BatchNormReLU2d(3)]
+    with cnnkern.use_backend(backend):
+        for layer in layers:
+            y = layer(x)
+            assert "CppNode" in y.grad_fn.name(), (layer, y.grad_fn.name())
+            with torch.no_grad():
+                assert layer(x).grad_fn is None
+            if not list(layer.parameters()):  # nothing requires grad: the op is called below autograd
+                assert layer(x.detach()).grad_fn is None
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda_emu"])
+def test_batch_norm_bumps_the_version_of_the_buffers_it_updates(backend):
+    bn = cnnkern.BatchNormReLU2d(3)
+    before = [t._version for t in (bn.running_mean, bn.running_var, bn.num_batches_tracked)]
+    with cnnkern.use_backend(backend):
+        bn(torch.randn(2, 3, 4, 4, requires_grad=True))
+        bn(torch.randn(2, 3, 4, 4))
+    after = [t._version for t in (bn.running_mean, bn.running_var, bn.num_batches_tracked)]
+    assert all(a >= b + 2 for a, b in zip(after, before)), (before, after)
+    bn.eval()
+    with cnnkern.use_backend(backend):
+        bn(torch.randn(2, 3, 4, 4))
+    assert [t._version for t in (bn.running_mean, bn.running_var, bn.num_batches_tracked)] == after
+
+
+@pytest.mark.skipif("triton" not in cnnkern.available_backends("cpu"), reason="needs triton and TRITON_INTERPRET=1")
+def test_triton_eager_calls_skip_the_op_layer(monkeypatch):
+    # Eager Triton calls are autograd.Functions over the launchers; torch.compile keeps the registered ops.
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    with cnnkern.use_backend("triton"):
+        y = cnnkern.Conv2d(3, 4, 3)(x)
+        assert type(y.grad_fn).__name__ == "Triton_conv2dBackward"
+        y.sum().backward()
+        assert x.grad is not None
+    assert _ops.ops_for("triton") is not torch.ops.cnnkern_triton
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert _ops.ops_for("triton") is torch.ops.cnnkern_triton

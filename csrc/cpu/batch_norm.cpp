@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "../ops/batch_norm_common.h"
+#include "parallel.h"
 
 namespace cnnkern::cpu {
 namespace {
@@ -153,7 +154,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu(
     const A* w_p = w ? w->const_data_ptr<A>() : nullptr;
     const A* b_p = b ? b->const_data_ptr<A>() : nullptr;
     scalar_t* out = y.data_ptr<scalar_t>();
-    at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+    parallel_over(C, input.numel() / std::max<int64_t>(C, 1), [&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
         if (training) channel_statistics(x, px, c, &mean_p[c], &var_p[c]);
         const A scale = (w_p ? w_p[c] : A(1)) / std::sqrt(var_p[c] + static_cast<A>(eps));
@@ -207,7 +208,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_backward(
     A* gb = grad_bias.data_ptr<A>();
     scalar_t* out = dx.data_ptr<scalar_t>();
     const A count = static_cast<A>(px.N * px.H * px.W);
-    at::parallel_for(0, C, 1, [&](int64_t begin, int64_t end) {
+    parallel_over(C, input.numel() / std::max<int64_t>(C, 1), [&](int64_t begin, int64_t end) {
       std::vector<A> g_run;  // one plane's masked gradient (fast path)
       for (int64_t c = begin; c < end; ++c) {
         const A invstd = A(1) / std::sqrt(var_p[c] + static_cast<A>(eps));

@@ -25,6 +25,7 @@
 #include <algorithm>
 
 #include "../ops/conv2d_common.h"
+#include "parallel.h"
 
 namespace cnnkern::cpu {
 namespace {
@@ -42,8 +43,8 @@ int64_t images_per_chunk(const Conv2dShape& s, int64_t elem_bytes) {
 // Calls fn(n0, nb) for consecutive chunks of at most `chunk` images, each
 // thread over its own contiguous range of the batch.
 template <typename F>
-void for_each_chunk(int64_t N, int64_t chunk, F&& fn) {
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+void for_each_chunk(int64_t N, int64_t chunk, int64_t work_per_image, F&& fn) {
+  parallel_over(N, work_per_image, [&](int64_t begin, int64_t end) {
     for (int64_t n0 = begin; n0 < end; n0 += chunk) fn(n0, std::min(chunk, end - n0));
   });
 }
@@ -53,7 +54,7 @@ template <typename T, typename A>
 void im2col(const T* x, const Conv2dShape& s, int64_t n0, int64_t nb, int64_t g, A* col) {
   const int64_t Cg = s.c_per_group(), PQ = s.P * s.Q, ld = nb * PQ, RS = s.R * s.S;
   const int64_t step = s.stride_w * s.x_stride[3];
-  at::parallel_for(0, Cg * RS, 1, [&](int64_t begin, int64_t end) {
+  parallel_over(Cg * RS, ld, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t c = row / RS, r = (row / s.S) % s.R, t = row % s.S;
       int64_t q_lo, q_hi;
@@ -88,7 +89,7 @@ template <typename A>
 void col2im_add(const A* dcol, const Conv2dShape& s, int64_t n0, int64_t nb, int64_t g, A* dx) {
   const int64_t Cg = s.c_per_group(), PQ = s.P * s.Q, ld = nb * PQ;
   const int64_t step = s.stride_w * s.x_stride[3];
-  at::parallel_for(0, nb * Cg, 1, [&](int64_t begin, int64_t end) {
+  parallel_over(nb * Cg, s.R * s.S * PQ, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t nl = i / Cg, c = i % Cg;
       A* plane = dx + (n0 + nl) * s.x_stride[0] + (g * Cg + c) * s.x_stride[1];
@@ -147,7 +148,7 @@ at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, con
   CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_conv2d_cpu", [&] {
     using A = acc_t<scalar_t>;
     const scalar_t* x = input.const_data_ptr<scalar_t>();
-    for_each_chunk(s.N, chunk, [&](int64_t n0, int64_t nb) {
+    for_each_chunk(s.N, chunk, weight.numel() * PQ, [&](int64_t n0, int64_t nb) {
       const at::Tensor col = at::empty({CRS, nb * PQ}, input.options().dtype(acc));
       at::Tensor out = at::empty({Kg, nb * PQ}, input.options().dtype(acc));
       for (int64_t g = 0; g < groups; ++g) {
@@ -184,7 +185,7 @@ at::Tensor conv2d_backward_input(const at::Tensor& grad_output, const at::Tensor
   const int64_t chunk = images_per_chunk(s, at::elementSize(acc));
 
   AT_DISPATCH_FLOATING_TYPES(acc, "cnnkern_conv2d_dgrad_cpu", [&] {
-    for_each_chunk(s.N, chunk, [&](int64_t n0, int64_t nb) {
+    for_each_chunk(s.N, chunk, weight.numel() * PQ, [&](int64_t n0, int64_t nb) {
       const at::Tensor dy = at::empty({Kg, nb * PQ}, dx.options().memory_format(at::MemoryFormat::Contiguous));
       at::Tensor dcol = at::empty({CRS, nb * PQ}, dy.options());
       for (int64_t g = 0; g < groups; ++g) {
@@ -213,7 +214,7 @@ at::Tensor conv2d_backward_weight(const at::Tensor& grad_output, const at::Tenso
     CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_conv2d_wgrad_cpu", [&] {
       using A = acc_t<scalar_t>;
       const scalar_t* x = input.const_data_ptr<scalar_t>();
-      for_each_chunk(s.N, chunk, [&](int64_t n0, int64_t nb) {
+      for_each_chunk(s.N, chunk, weight.numel() * PQ, [&](int64_t n0, int64_t nb) {
         const at::Tensor col = at::empty({CRS, nb * PQ}, input.options().dtype(acc));
         const at::Tensor dy = at::empty({Kg, nb * PQ}, col.options());
         const at::Tensor mine = partial[at::get_thread_num()];
@@ -239,7 +240,7 @@ at::Tensor conv2d_backward_bias(const at::Tensor& grad_output) {
     const auto st = grad_output.strides();
     const bool rows_contiguous = st[3] == 1 && st[2] == Q;  // each (n, k) plane is one run of P*Q
     scalar_t* out = db.data_ptr<scalar_t>();
-    at::parallel_for(0, K, 1, [&](int64_t begin, int64_t end) {
+    parallel_over(K, N * P * Q, [&](int64_t begin, int64_t end) {
       for (int64_t k = begin; k < end; ++k) {
         // Eight running sums let the loop pipeline (and vectorise) without reassociating one chain.
         A sums[8] = {};

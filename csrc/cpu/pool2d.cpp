@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "../ops/pool2d_common.h"
+#include "parallel.h"
 
 namespace cnnkern::cpu {
 namespace {
@@ -28,7 +29,7 @@ namespace {
 // Rows (n, c, r) of an N x C x rows plane stack, in parallel.
 template <typename F>
 void for_each_row(const Pool2dShape& s, int64_t rows, F&& fn) {
-  at::parallel_for(0, s.N * s.C * rows, 8, [&](int64_t begin, int64_t end) {
+  parallel_over(s.N * s.C * rows, s.OW * s.kernel_h * s.kernel_w, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) fn(i / (s.C * rows), (i / rows) % s.C, i % rows);
   });
 }
@@ -126,7 +127,7 @@ void scatter_planes(const Pool2dShape& s, scalar_t* dx, F&& fn) {
   using A = acc_t<scalar_t>;
   // A contiguous plane of the accumulator type is its own accumulator.
   const bool in_place = std::is_same_v<scalar_t, A> && s.x_stride[3] == 1 && s.x_stride[2] == s.W;
-  at::parallel_for(0, s.N * s.C, 1, [&](int64_t begin, int64_t end) {
+  parallel_over(s.N * s.C, s.H * s.W + s.OH * s.OW * s.kernel_h * s.kernel_w, [&](int64_t begin, int64_t end) {
     if constexpr (std::is_same_v<scalar_t, A>) {
       if (in_place) {
         for (int64_t i = begin; i < end; ++i) {

@@ -483,7 +483,7 @@ void conv2d_backward_input(const Conv2dShape& s, const T* dy, const T* w, T* dx,
 
 template <typename T>
 void conv2d_backward_weight(const Conv2dShape& s, const T* dy, const T* x, T* dw,
-                            acc_t<T>* workspace, gpu_stream_t stream) {
+                            acc_t<T>* workspace, bool deterministic, gpu_stream_t stream) {
   BackwardWeightProblem<T> prob{};
   prob.shape = s;
   prob.dy = dy;
@@ -503,7 +503,7 @@ void conv2d_backward_weight(const Conv2dShape& s, const T* dy, const T* x, T* dw
     int64_t splits = ceil_div(kTargetBlocksPerSm * multiprocessor_count(), tiles);
     if (splits > ceil_div(steps, kMinStepsPerSplit)) splits = ceil_div(steps, kMinStepsPerSplit);
     if (splits > kMaxGridYZ / s.groups) splits = kMaxGridYZ / s.groups;
-    if (splits < 1) splits = 1;
+    if (splits < 1 || deterministic) splits = 1;
     const int64_t steps_per_split = ceil_div(steps, splits);
     splits = ceil_div(steps, steps_per_split);  // drop splits that would get no work
     launch_gemm(prob, s.groups, splits, steps_per_split, stream);
@@ -533,7 +533,7 @@ void conv2d_backward_bias(const Conv2dShape& s, const T* dy, T* db, gpu_stream_t
   template void conv2d_backward_input<T>(const Conv2dShape&, const T*, const T*, T*,       \
                                          gpu_stream_t);                                    \
   template void conv2d_backward_weight<T>(const Conv2dShape&, const T*, const T*, T*,      \
-                                          acc_t<T>*, gpu_stream_t);                        \
+                                          acc_t<T>*, bool, gpu_stream_t);                  \
   template void conv2d_backward_bias<T>(const Conv2dShape&, const T*, T*, gpu_stream_t);
 
 CNNKERN_INSTANTIATE_CONV2D(float)

@@ -63,7 +63,7 @@ inline at::Tensor conv2d_backward_weight_op(const at::Tensor& grad_output, const
   CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_conv2d_wgrad_gpu", [&] {
     conv2d_backward_weight<scalar_t>(s, grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
                                      dw.data_ptr<scalar_t>(), workspace.data_ptr<acc_t<scalar_t>>(),
-                                     current_stream(input));
+                                     at::globalContext().deterministicAlgorithms(), current_stream(input));
   });
   return dw;
 }

@@ -28,9 +28,12 @@ void conv2d_backward_input(const Conv2dShape& s, const T* dy, const T* w, T* dx,
 
 // dw = sum over (n, p, q) of dy * x, written through s.w_stride.
 // workspace: zeroed, K * (C/groups) * R * S elements of acc_t<T>.
+// deterministic: one split per tile, so each workspace element receives exactly
+// one atomic add and the result is the same bit for bit on every run
+// (torch.use_deterministic_algorithms(True)); otherwise split-K over the SMs.
 template <typename T>
 void conv2d_backward_weight(const Conv2dShape& s, const T* dy, const T* x, T* dw,
-                            acc_t<T>* workspace, gpu_stream_t stream);
+                            acc_t<T>* workspace, bool deterministic, gpu_stream_t stream);
 
 // db[k] = sum over (n, p, q) of dy[n][k][p][q]
 template <typename T>
