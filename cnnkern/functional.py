@@ -6,6 +6,8 @@ input's device and calls that backend's op. Nothing here computes.
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
@@ -21,42 +23,73 @@ def _positive(values, message):
         raise RuntimeError(message)
 
 
+# torch's names for dtypes in its messages: c10's type names, and ScalarType's
+_C10_NAME = {torch.float16: "c10::Half", torch.bfloat16: "c10::BFloat16", torch.float32: "float",
+             torch.float64: "double"}
+_SCALAR_NAME = {torch.float16: "Half", torch.bfloat16: "BFloat16", torch.float32: "Float", torch.float64: "Double"}
+
+
+def _dtype_name(names, dtype):
+    return names.get(dtype, str(dtype).removeprefix("torch."))
+
+
+def _check_conv2d_bias_dtype(input, bias):
+    if bias is not None and bias.dtype != input.dtype:
+        raise RuntimeError(f"Input type ({_dtype_name(_C10_NAME, input.dtype)}) and bias type "
+                           f"({_dtype_name(_C10_NAME, bias.dtype)}) should be the same")
+
+
 def _check_conv2d_tensors(input, weight, bias):
-    """The checks of conv2d's arguments that their shapes do not decide: dtype and device."""
+    """The checks of conv2d's arguments that their shapes do not decide: dtype and device
+    (the bias dtype is checked first, as torch does; the weight's where its kernel would)."""
+    _check_conv2d_bias_dtype(input, bias)
     for name, t in (("weight", weight), ("bias", bias)):
-        if t is None:
-            continue
-        if t.dtype != input.dtype:
-            raise RuntimeError(f"Input type ({input.dtype}) and {name} type ({t.dtype}) should be the same")
-        if t.device != input.device:
+        if t is not None and t.device != input.device:
             raise RuntimeError(
                 f"Expected all tensors to be on the same device, but found input on {input.device} "
                 f"and {name} on {t.device}")
+    if weight.dtype != input.dtype:
+        raise RuntimeError(f"expected scalar type {_dtype_name(_SCALAR_NAME, input.dtype)} but found "
+                           f"{_dtype_name(_SCALAR_NAME, weight.dtype)}")
     _check_float(input, "conv2d")
 
 
+def _conv_param(name, value):
+    """stride, padding or dilation as torch's parser reads `int[2]`: an int, or a sequence of ints."""
+    if isinstance(value, (bool, str, float)) or value is None:
+        raise TypeError(f"conv2d() received an invalid combination of arguments - got {name}="
+                        f"{type(value).__name__}, but expected a tuple of ints {name}")
+    values = _int_list("conv2d", name, value, None)
+    return values * 2 if len(values) == 1 else values
+
+
 def _check_conv2d(input, weight, bias, stride, padding, dilation, groups):
-    if weight.dim() != 4:
-        raise RuntimeError(f"Expected 4-dimensional weight for conv2d, but got weight of size {list(weight.shape)}")
+    """torch's checks in torch's order (at::conv2d, then _convolution's check_shape_forward)."""
+    _check_conv2d_bias_dtype(input, bias)
     if input.dim() not in (3, 4):
         raise RuntimeError(
             f"Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: {list(input.shape)}")
-    _check_conv2d_tensors(input, weight, bias)
+    if weight.dim() < 3:
+        raise RuntimeError("weight should have at least three dimensions")
+    for name, values in (("stride", stride), ("padding", padding), ("dilation", dilation)):
+        if len(values) != weight.dim() - 2:
+            raise RuntimeError(f"expected {name} to be a single integer value or a list of {weight.dim() - 2} "
+                               f"values to match the convolution dimensions, but got {name}={list(values)}")
     if groups <= 0:
         raise RuntimeError("non-positive groups is not supported")
-    _positive(stride, "non-positive stride is not supported")
-    _positive(dilation, "dilation should be greater than zero")
     if any(p < 0 for p in padding):
         raise RuntimeError("negative padding is not supported")
-    if any(s == 0 for s in input.shape[-2:]):
-        raise RuntimeError(
-            f"Expected input's non-batch dimensions to have positive length, but got input of size: "
-            f"{list(input.shape)}")
+    _positive(stride, "non-positive stride is not supported")
+    if any(d < 0 for d in dilation):
+        raise RuntimeError("dilation should be greater than zero")
     k = weight.shape[0]
+    if k < groups:
+        raise RuntimeError(f"Given groups={groups}, expected weight to be at least {groups} at dimension 0, "
+                           f"but got weight of size {list(weight.shape)} instead")
     if k % groups != 0:
         raise RuntimeError(
             f"Given groups={groups}, expected weight to be divisible by {groups} at dimension 0, "
-            f"but got weight of size {list(weight.shape)} instead")
+            f"but got weight of size [{list(weight.shape)}] instead")
     channels = input.shape[-3]
     if weight.shape[1] * groups != channels:
         raise RuntimeError(
@@ -72,12 +105,20 @@ def _check_conv2d(input, weight, bias, stride, padding, dilation, groups):
         raise RuntimeError(
             f"Calculated padded input size per channel: ({padded[0]} x {padded[1]}). "
             f"Kernel size: ({extent[0]} x {extent[1]}). Kernel size can't be greater than actual input size")
+    if any(d == 0 for d in dilation):  # zero dilation: torch refuses it only after the shape checks
+        raise RuntimeError(f"dilation should be greater than zero, but got {list(dilation)}")
+    if any(d == 0 for d in input.shape[-2:]):
+        raise RuntimeError(f"Only zero batch or zero channel inputs are supported, but got input shape: "
+                           f"{list(input.shape)}")
+    _check_conv2d_tensors(input, weight, bias)
 
 
 def _same_padding(input, weight, stride, dilation):
     """padding='same': torch's split, the odd leftover going right/bottom (padded explicitly)."""
     if any(s != 1 for s in stride):
         raise RuntimeError("padding='same' is not supported for strided convolutions")
+    if weight.dim() != 4:  # _check_conv2d says what is wrong
+        return input, (0,) * max(weight.dim() - 2, 0)
     total = [dilation[i] * (weight.shape[2 + i] - 1) for i in range(2)]
     left = [t // 2 for t in total]
     extra = [t - 2 * l for t, l in zip(total, left)]
@@ -91,7 +132,33 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     """Like torch.nn.functional.conv2d, on cnnkern's kernels."""
     if torch.is_autocast_enabled(input.device.type):
         input, weight, bias = _autocast(input, weight, bias)
-    stride, dilation = _pair(stride), _pair(dilation)
+    # A call with plain int arguments that passed before (a module's every call) skips to the op.
+    key = ("conv2d", input.shape, weight.shape, None if bias is None else bias.shape, stride, padding, dilation,
+           groups)
+    plain = type(groups) is int and all(_plain_ints(a) for a in (stride, padding, dilation))
+    geometry = _cached(key) if plain else None
+    if geometry is None:
+        input, geometry = _conv2d_geometry(input, weight, bias, stride, padding, dilation, groups)
+        if plain:
+            _remember(key, geometry)
+    else:
+        _check_conv2d_tensors(input, weight, bias)
+    stride, padding, dilation = geometry
+    unbatched = input.dim() == 3
+    if unbatched:
+        input = input.unsqueeze(0)
+    ops = _ops.ops_for(_backend.resolve(input.device))
+    out = ops.conv2d(input, weight, bias, stride, padding, dilation, groups)
+    return out.squeeze(0) if unbatched else out
+
+
+def _conv2d_geometry(input, weight, bias, stride, padding, dilation, groups):
+    """(input, [stride, padding, dilation] as lists) after torch's checks; padding='same'
+    pads the input's odd leftover explicitly."""
+    if not isinstance(groups, int) or isinstance(groups, bool):
+        raise TypeError(f"conv2d() received an invalid combination of arguments - got groups="
+                        f"{type(groups).__name__}, but expected int groups")
+    stride, dilation = _conv_param("stride", stride), _conv_param("dilation", dilation)
     if isinstance(padding, str):
         if padding == "valid":
             padding = (0, 0)
@@ -100,20 +167,9 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
         else:
             raise RuntimeError(f"Invalid padding string: '{padding}'")
     else:
-        padding = _pair(padding)
-    key = ("conv2d", input.shape, weight.shape, None if bias is None else bias.shape, stride, padding, dilation,
-           groups)
-    if _cached(key) is None:
-        _check_conv2d(input, weight, bias, stride, padding, dilation, groups)
-        _remember(key, True)
-    else:
-        _check_conv2d_tensors(input, weight, bias)
-    unbatched = input.dim() == 3
-    if unbatched:
-        input = input.unsqueeze(0)
-    ops = _ops.ops_for(_backend.resolve(input.device))
-    out = ops.conv2d(input, weight, bias, list(stride), list(padding), list(dilation), groups)
-    return out.squeeze(0) if unbatched else out
+        padding = _conv_param("padding", padding)
+    _check_conv2d(input, weight, bias, stride, padding, dilation, groups)
+    return input, (list(stride), list(padding), list(dilation))
 
 
 def _autocast(*tensors):
@@ -154,44 +210,103 @@ def _cached(key):
         return None
 
 
-def _pool_geometry(op, input, kernel_size, stride, padding, dilation, ceil_mode):
+def _plain_ints(a) -> bool:
+    """None, an int or a tuple of ints, of exactly those types (no bool, float, numpy or list)."""
+    t = type(a)
+    return a is None or t is int or (t is tuple and all(type(v) is int for v in a))
+
+
+def _pool_geometry(op, input, kernel_size, stride, padding, dilation, ceil_mode, divisor_override=None):
     """Normalise and validate pooling arguments as torch does; returns 2-element lists."""
-    key = (op, input.shape, kernel_size, stride, padding, dilation, ceil_mode)
-    hit = _cached(key)
+    key = (op, input.shape, kernel_size, stride, padding, dilation, ceil_mode, divisor_override)
+    # Only plain ints are looked up: True == 1 and 2.0 == 2 as keys, but torch refuses them.
+    plain = all(_plain_ints(a) for a in key[2:6])
+    hit = _cached(key) if plain else None
     if hit is not None:
         _check_float(input, op)
         return hit
-    geometry = _pool_geometry_checked(op, input, kernel_size, stride, padding, dilation, ceil_mode)
-    try:
-        return _remember(key, geometry)
-    except TypeError:
-        return geometry
+    geometry = _pool_geometry_checked(op, input, kernel_size, stride, padding, dilation, ceil_mode, divisor_override)
+    return _remember(key, geometry) if plain else geometry
 
 
-def _pool_geometry_checked(op, input, kernel_size, stride, padding, dilation, ceil_mode):
-    kernel = _pair(kernel_size)
-    stride = kernel if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) else _pair(stride)
-    padding, dilation = _pair(padding), _pair(dilation)
-    if input.dim() not in (3, 4) or any(s == 0 for s in input.shape[-3:]):
-        raise RuntimeError(f"non-empty 3D or 4D (batch mode) tensor expected for input, got {list(input.shape)}")
-    _check_float(input, op)
+def _int_list(op, name, value, position):
+    """An int or a sequence of ints, read as torch's argument parser reads `int[2]`;
+    position: the argument's place in torch's message (None: torch's message names none)."""
+    where = f"argument '{name}'" + ("" if position is None else f" (position {position})")
+    if isinstance(value, bool) or not isinstance(value, (int, tuple, list, torch.Size)) and not hasattr(
+            value, "__index__"):
+        raise TypeError(f"{op}(): {where} must be tuple of ints, not {type(value).__name__}")
+    if not isinstance(value, (tuple, list, torch.Size)):
+        return (operator.index(value),)
+    items = []
+    for i, v in enumerate(value):
+        if not hasattr(v, "__index__"):
+            raise TypeError(f"{op}(): argument '{name}' failed to unpack the object at pos {i + 1} with error "
+                            f"\"type must be tuple of ints,but got {type(v).__name__}\"")
+        items.append(operator.index(v))
+    return tuple(items)
+
+
+def _two(op, name, values, rule, allow_empty=False):
+    """One or two values (a single one stands for both), else torch's message; () when allowed and empty."""
+    if len(values) == 2 or (allow_empty and not values):
+        return values
+    if len(values) == 1:
+        return values * 2
+    raise RuntimeError(f"{op}: {name} {rule}")
+
+
+def _trunc_half(v: int) -> int:
+    return v // 2 if v >= 0 else -((-v) // 2)  # C++ integer division
+
+
+def _pool_geometry_checked(op, input, kernel_size, stride, padding, dilation, ceil_mode, divisor_override=None):
+    """torch's checks, in torch's order (aten's pooling meta functions): the argument
+    forms, avg_pool2d's divisor, max_pool2d's input rank, each output extent (stride,
+    padding), then the shape check (kernel, stride, dilation, empty dimensions,
+    padding against the kernel, output size)."""
+    position = None if op == "avg_pool2d" else 2
+    kernel = _int_list(op, "kernel_size", kernel_size, position)
+    stride = () if stride is None else _int_list(op, "stride", stride, position and 3)
+    padding = _int_list(op, "padding", padding, position and 4)
+    dilation = _int_list(op, "dilation", dilation, position and 5)
+    one_or_two = "must either be a single int, or a tuple of two ints"
+    kernel = _two(op, "kernel_size", kernel, one_or_two)
+    stride = _two(op, "stride", stride, "must either be omitted, a single int, or a tuple of two ints",
+                  allow_empty=True) or kernel
+    padding = _two(op, "padding", padding, one_or_two)
+    dilation = _two(op, "dilation", dilation, "must be either a single int, or a tuple of two ints")
+    if divisor_override is not None and divisor_override == 0:
+        raise RuntimeError("divisor must be not zero")
+    if op == "max_pool2d" and input.dim() not in (3, 4):
+        raise RuntimeError("non-empty 3D or 4D (batch mode) tensor expected for input")
+    out = []
+    for i in range(2):
+        k, st, pad, dil = kernel[i], stride[i], padding[i], dilation[i]
+        if st == 0:
+            raise RuntimeError("stride should not be zero")
+        if pad < 0:
+            raise RuntimeError(f"pad must be non-negative, but got pad: {pad}")
+        if pad > _trunc_half((k - 1) * dil + 1):
+            raise RuntimeError(f"pad should be at most half of effective kernel size, but got pad={pad}, "
+                               f"kernel_size={k} and dilation={dil}")
+        out.append(pool_out_size(input.shape[-2 + i], k, st, pad, dil, ceil_mode) if input.dim() >= 2 else 0)
     if any(k <= 0 for k in kernel):
-        raise RuntimeError(f"{op}: kernel_size must be greater than zero, but got kH: {kernel[0]} kW: {kernel[1]}")
+        raise RuntimeError(f"kernel size should be greater than zero, but got kH: {kernel[0]} kW: {kernel[1]}")
     _positive(stride, f"stride should be greater than zero, but got dH: {stride[0]} dW: {stride[1]}")
     _positive(dilation, f"dilation should be greater than zero, but got dilationH: {dilation[0]} "
                         f"dilationW: {dilation[1]}")
-    if any(p < 0 for p in padding):
-        raise RuntimeError("pad must be non-negative")
-    for i in range(2):
-        if 2 * padding[i] > dilation[i] * (kernel[i] - 1) + 1:
-            raise RuntimeError(f"pad should be at most half of effective kernel size, but got pad={padding[i]}, "
-                               f"kernel_size={kernel[i]} and dilation={dilation[i]}")
-    out = [pool_out_size(input.shape[-2 + i], kernel[i], stride[i], padding[i], dilation[i], ceil_mode)
-           for i in range(2)]
+    if input.dim() not in (3, 4) or any(s == 0 for s in input.shape[-3:]):
+        raise RuntimeError("Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, "
+                           f"but got:{list(input.shape)}")
+    if _trunc_half(kernel[1]) < padding[1] or _trunc_half(kernel[0]) < padding[0]:
+        raise RuntimeError(f"pad should be smaller than or equal to half of kernel size, but got padW = {padding[1]}, "
+                           f"padH = {padding[0]}, kW = {kernel[1]}, kH = {kernel[0]}")
     if any(o < 1 for o in out):
         c, h, w = input.shape[-3:]
         raise RuntimeError(f"Given input size: ({c}x{h}x{w}). Calculated output size: ({c}x{out[0]}x{out[1]}). "
                            "Output size is too small")
+    _check_float(input, op)
     return list(kernel), list(stride), list(padding), list(dilation)
 
 
@@ -219,9 +334,8 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
 def avg_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                count_include_pad: bool = True, divisor_override: int | None = None) -> torch.Tensor:
     """Like torch.nn.functional.avg_pool2d."""
-    kernel, stride, padding, _ = _pool_geometry("avg_pool2d", input, kernel_size, stride, padding, 1, ceil_mode)
-    if divisor_override is not None and divisor_override == 0:
-        raise RuntimeError("divisor must be not zero")
+    kernel, stride, padding, _ = _pool_geometry("avg_pool2d", input, kernel_size, stride, padding, 1, ceil_mode,
+                                                divisor_override)
     ops = _ops.ops_for(_backend.resolve(input.device))
     return _batched(input, lambda x: ops.avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad,
                                                     divisor_override))
