@@ -259,12 +259,15 @@ void run_case(const Case& c, uint32_t seed) {
                         int64_t r, int64_t t, int64_t h, int64_t ww) {
       ref.add(flat_w(k, cl, r, t), dy.get(n, k, p, q) * x.get(n, ch, h, ww));
     });
-    Buffer<T> dw(wd, c.w_layout);
-    std::vector<acc_t<T>> workspace(static_cast<size_t>(c.K * cpg * c.R * c.S), acc_t<T>(0));
-    const auto t0 = std::chrono::steady_clock::now();
-    kern::conv2d_backward_weight<T>(s, dy.data.data(), x.data.data(), dw.data.data(),
-                                    workspace.data(), nullptr);
-    report("backward_weight", c, dw, ref, ms_since(t0));
+    // split-K (atomics into the workspace), and one split per tile (the deterministic mode)
+    for (const bool deterministic : {false, true}) {
+      Buffer<T> dw(wd, c.w_layout);
+      std::vector<acc_t<T>> workspace(static_cast<size_t>(c.K * cpg * c.R * c.S), acc_t<T>(0));
+      const auto t0 = std::chrono::steady_clock::now();
+      kern::conv2d_backward_weight<T>(s, dy.data.data(), x.data.data(), dw.data.data(),
+                                      workspace.data(), deterministic, nullptr);
+      report(deterministic ? "bwd_weight_det" : "backward_weight", c, dw, ref, ms_since(t0));
+    }
   }
   // backward bias (db is a contiguous vector: view it as [K][1][1][1])
   {
