@@ -136,3 +136,78 @@ def test_static_gpu_profile_of_every_shape(tmp_path):
     out = _profile(["--shapes", "all", "--json", str(tmp_path / "all.json"),
                     "--output", os.path.join(ROOT, "build", "gpu_profile_all.txt")])
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-4000:]
+
+
+# --- launches per op and pass: Triton kernels plus the torch ops that would launch on a GPU ------------------------
+
+_NO_LAUNCH = {"aten.empty.memory_format", "aten.empty_strided.default", "aten.view.default", "aten.permute.default",
+              "aten.detach.default", "aten.as_strided.default", "aten.unsqueeze.default", "aten.squeeze.dim",
+              "aten.alias.default", "aten._unsafe_view.default", "aten.expand.default", "aten.new_empty.default",
+              "aten.empty_like.default", "aten.slice.Tensor", "aten.select.int", "aten.ones_like.default"}
+# (layout, layer) -> (forward, backward) launches; conv has a bias, the weight gradient splits its
+# reduction (atomics into a zeroed fp32 buffer, then a finalize that casts), and NCHW tensors are
+# copied to channels_last for the channel-blocked kernels.
+_LAUNCHES = {
+    ("channels_last", "conv"): (["conv2d_fwd_blocked_kernel"],
+                                ["aten.clone.default", "conv2d_dgrad_blocked_kernel", "aten.zeros.default",
+                                 "conv2d_wgrad_blocked_kernel", "conv2d_wgrad_finalize_kernel", "conv2d_bgrad_kernel",
+                                 "conv2d_wgrad_finalize_kernel"]),
+    ("nchw", "conv"): (["aten.clone.default"] * 2 + ["conv2d_fwd_blocked_kernel"],
+                       ["aten.clone.default"] * 2 + ["conv2d_dgrad_blocked_kernel"] + ["aten.clone.default"] * 2 +
+                       ["aten.zeros.default", "conv2d_wgrad_blocked_kernel", "conv2d_wgrad_finalize_kernel",
+                        "conv2d_bgrad_kernel", "conv2d_wgrad_finalize_kernel"]),
+    ("channels_last", "maxpool"): (["max_pool2d_fwd_nhwc_kernel"], ["max_pool2d_bwd_windows_kernel"]),
+    ("nchw", "maxpool"): (["max_pool2d_fwd_strip_kernel"], ["max_pool2d_bwd_strip_kernel"]),
+    ("channels_last", "avgpool"): (["avg_pool2d_fwd_nhwc_kernel"], ["avg_pool2d_bwd_windows_kernel"]),
+    ("nchw", "avgpool"): (["avg_pool2d_fwd_strip_kernel"], ["avg_pool2d_bwd_strip_kernel"]),
+    ("channels_last", "bnrelu"): (["bn_stats_partial_kernel", "bn_stats_finalize_kernel", "bn_relu_apply_kernel"],
+                                  ["bn_relu_bwd_reduce_kernel", "bn_relu_bwd_finalize_kernel", "bn_relu_bwd_dx_kernel"]),
+    ("channels_last", "gap"): (["global_avg_pool2d_fwd_kernel"], ["global_avg_pool2d_bwd_kernel"]),
+}
+_LAUNCHES[("nchw", "bnrelu")] = _LAUNCHES[("channels_last", "bnrelu")]
+_LAUNCHES[("nchw", "gap")] = _LAUNCHES[("channels_last", "gap")]
+
+
+def test_launches_per_op_and_pass(monkeypatch):
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from triton.runtime import interpreter
+
+    log, inside = [], [0]
+    run = interpreter.InterpretedFunction.run
+
+    def counted(self, *args, **kwargs):  # a Triton launch; what the interpreter does inside is not a launch
+        log.append(self.fn.__name__)
+        inside[0] += 1
+        try:
+            return run(self, *args, **kwargs)
+        finally:
+            inside[0] -= 1
+
+    class TorchOps(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if str(func) not in _NO_LAUNCH and not inside[0]:
+                log.append(str(func))
+            return out
+
+    def launches(fn):
+        log.clear()
+        with TorchOps():
+            fn()
+        return list(log)
+
+    monkeypatch.setattr(interpreter.InterpretedFunction, "run", counted)
+    torch.manual_seed(0)
+    with cnnkern.use_backend("triton"):
+        for layout in ("channels_last", "nchw"):
+            fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+            layers = {"conv": cnnkern.Conv2d(16, 16, 3, padding=1).to(memory_format=fmt),
+                      "maxpool": cnnkern.MaxPool2d(2), "avgpool": cnnkern.AvgPool2d(2),
+                      "bnrelu": cnnkern.BatchNormReLU2d(16), "gap": cnnkern.AdaptiveAvgPool2d(1)}
+            for name, layer in layers.items():
+                x = torch.randn(2, 16, 8, 8).contiguous(memory_format=fmt).requires_grad_()
+                forward = launches(lambda: layer(x))
+                y = layer(x)
+                backward = launches(lambda: y.backward(torch.ones_like(y)))
+                print(f"{layout:13s} {name:8s} forward {len(forward)}, backward {len(backward)}")
+                assert (forward, backward) == _LAUNCHES[(layout, name)], (layout, name, forward, backward)
