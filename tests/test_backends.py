@@ -155,3 +155,27 @@ def test_triton_eager_calls_skip_the_op_layer(monkeypatch):
     assert _ops.ops_for("triton") is not torch.ops.cnnkern_triton
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert _ops.ops_for("triton") is torch.ops.cnnkern_triton
+
+
+@pytest.mark.parametrize("backend", cnnkern.available_backends("cpu"))
+def test_every_backward_is_bitwise_reproducible_in_deterministic_mode(backend):
+    # torch.use_deterministic_algorithms(True): the same gradients bit for bit, run after run, for
+    # every layer (the Triton and CUDA weight gradients then reduce without racing atomics).
+    torch.manual_seed(0)
+    layers = [cnnkern.Conv2d(17, 18, 3, padding=1), cnnkern.MaxPool2d(3, 2, 1), cnnkern.AvgPool2d(3, 2, 1),
+              cnnkern.AdaptiveAvgPool2d(1), cnnkern.BatchNormReLU2d(17)]
+    x0 = torch.randn(2, 17, 6, 7)
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        with cnnkern.use_backend(backend):
+            for layer in layers:
+                runs = []
+                for _ in range(2):
+                    x = x0.clone().requires_grad_()
+                    y = layer(x)
+                    params = [x] + list(layer.parameters())
+                    runs.append(torch.autograd.grad(y, params, torch.ones_like(y)))
+                assert all(torch.equal(a, b) for a, b in zip(*runs)), layer
+    finally:
+        torch.use_deterministic_algorithms(before)
