@@ -135,3 +135,23 @@ def test_resume_continues_exactly(tmp_path):
     for key, value in reference["model"].items():
         assert torch.equal(final["model"][key], value), key
     assert resumed[-1]["test_accuracy"] == whole[-1]["test_accuracy"]
+
+
+def test_compiled_training_steps_match_eager(tmp_path):
+    # --compile: torch.compile over cnnkern's layers (on CUDA mode="reduce-overhead", CUDA graphs). On the
+    # CPU the same compiled steps must track the eager ones; checkpoints keep the model's own keys.
+    cfg = _config("mnist-lenet", epochs=1, batch_size=32)
+    runs = {}
+    from torch._dynamo.utils import counters
+
+    for compiled in (False, True):
+        out = tmp_path / f"compile-{compiled}"
+        counters.clear()
+        train.train(dict(cfg, compile=compiled), out, data_dir=D.SAMPLE_DIR, download=False, progress=False,
+                    max_steps=4)
+        assert (counters["stats"]["unique_graphs"] > 0) == compiled, dict(counters["stats"])
+        assert not counters["graph_break"], dict(counters["graph_break"])  # the model compiles as one graph
+        runs[compiled] = torch.load(out / train.CHECKPOINT, weights_only=False)["model"]
+    assert runs[True].keys() == runs[False].keys()
+    for key in runs[False]:
+        torch.testing.assert_close(runs[True][key], runs[False][key], rtol=1e-4, atol=1e-5, msg=key)
