@@ -50,7 +50,7 @@ def load_triton() -> None:
     for op, (backward_for, setup) in _AUTOGRAD.items():
         torch.library.register_autograd(f"cnnkern_triton::{op}", backward_for(torch.ops.cnnkern_triton),
                                         setup_context=setup)
-    _register_batch_norm_autograd("cnnkern_triton")
+    _register_batch_norm_autograd()
     _triton_loaded = True
 
 
@@ -284,7 +284,7 @@ def _batch_norm_relu_triton_backward_for(ns):
     return backward
 
 
-def _register_batch_norm_autograd(ns: str) -> None:
+def _register_batch_norm_autograd() -> None:
     """The autograd formula of the mutating Triton batch_norm_relu op: torch.library.register_autograd
     refuses any schema with a mutable argument, even buffers that never require grad, so the
     formula goes where the CustomOpDef's own Autograd kernel reads it."""

@@ -103,10 +103,10 @@ def test_missing_kernels_package_is_an_error_not_an_absent_backend():
             "print('triton' in cnnkern.available_backends('cpu'))\n"
             "with cnnkern.use_backend('triton'):\n"
             "    cnnkern.functional.conv2d(torch.randn(1, 1, 4, 4), torch.randn(1, 1, 3, 3))\n")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     if not _ops.triton_available():
         pytest.skip("triton is not installed")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "True"
     assert out.returncode != 0 and "cnnkern.kernels" in out.stderr, out.stderr[-2000:]
 
