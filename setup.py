@@ -51,7 +51,9 @@ if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
 cxx_flags = ["-O3", "-fvisibility=hidden", "-fopenmp"]
 link_flags = ["-fopenmp"]
 sources = _sources("csrc/ops/*.cpp", "csrc/cpu/*.cpp", "csrc/emu/*.cpp")
-define_macros = [("Py_LIMITED_API", "0x03090000")]
+# Not the limited Python API: csrc/ops/python.cpp unpacks tensors with torch's
+# Python bindings (libtorch_python), so the module is built per Python version.
+define_macros = []
 if with_cuda:
     sources += _sources("csrc/cuda/*.cu", "csrc/cuda/*.cpp")
     define_macros.append(("CNNKERN_WITH_CUDA", "1"))
@@ -62,7 +64,6 @@ if with_cuda:
         define_macros=define_macros,
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
         extra_link_args=link_flags,
-        py_limited_api=True,
     )
 else:
     ext = CppExtension(
@@ -72,7 +73,6 @@ else:
         define_macros=define_macros,
         extra_compile_args={"cxx": cxx_flags},
         extra_link_args=link_flags,
-        py_limited_api=True,
     )
 
 setup(
@@ -82,5 +82,4 @@ setup(
     include_package_data=True,
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    options={"bdist_wheel": {"py_limited_api": "cp39"}},
 )

@@ -20,7 +20,19 @@ def _check_name(name):
     return name
 
 
-_override: str | None = _check_name(os.environ.get("CNNKERN_BACKEND") or None)
+_override: str | None = None
+
+
+def _set_override(name: str | None) -> None:
+    """The one writer of _override; cnnkern._C keeps a copy for its pooling entry points."""
+    global _override
+    from . import _C
+
+    _override = _check_name(name)
+    _C.set_backend(-1 if name is None else BACKENDS.index(name))
+
+
+_set_override(os.environ.get("CNNKERN_BACKEND") or None)
 
 
 class use_backend:
@@ -31,16 +43,14 @@ class use_backend:
     """
 
     def __init__(self, name: str | None):
-        global _override
         self._previous = _override
-        _override = _check_name(name)
+        _set_override(name)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        global _override
-        _override = self._previous
+        _set_override(self._previous)
         return False
 
 

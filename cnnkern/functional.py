@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.utils import _pair
 
-from . import _backend, _ops
+from . import _C, _backend, _ops
 from ._shapes import pool_out_size
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -318,9 +318,18 @@ def _batched(input, fn):
     return fn(input)
 
 
+# The pooling layers' first stop is their C++ entry point (csrc/ops/python.cpp): plain, valid
+# arguments on a C++ backend run from there; it answers NotImplemented for anything else
+# (other argument forms, errors to raise, Triton), and torch.compile traces the Python path.
+
+
 def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
                return_indices: bool = False):
     """Like torch.nn.functional.max_pool2d (indices in torch's layout, usable with nn.MaxUnpool2d)."""
+    if not torch.compiler.is_compiling():
+        out = _C.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+        if out is not NotImplemented:
+            return out
     geometry = _pool_geometry("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode)
     backend = _backend.resolve(input.device)
     ops = _ops.ops_for(backend)
@@ -334,6 +343,10 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
 def avg_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                count_include_pad: bool = True, divisor_override: int | None = None) -> torch.Tensor:
     """Like torch.nn.functional.avg_pool2d."""
+    if not torch.compiler.is_compiling():
+        out = _C.avg_pool2d(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+        if out is not NotImplemented:
+            return out
     kernel, stride, padding, _ = _pool_geometry("avg_pool2d", input, kernel_size, stride, padding, 1, ceil_mode,
                                                 divisor_override)
     ops = _ops.ops_for(_backend.resolve(input.device))
@@ -343,6 +356,10 @@ def avg_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mo
 
 def adaptive_avg_pool2d(input: torch.Tensor, output_size) -> torch.Tensor:
     """Like torch.nn.functional.adaptive_avg_pool2d (None in output_size keeps that input size)."""
+    if not torch.compiler.is_compiling():
+        out = _C.adaptive_avg_pool2d(input, output_size)
+        if out is not NotImplemented:
+            return out
     if input.dim() not in (3, 4) or any(s == 0 for s in input.shape[-2:]):
         raise RuntimeError(f"adaptive_avg_pool2d(): Expected 3D or 4D tensor with non-zero sizes for non-batch "
                            f"dimensions, but input has sizes {list(input.shape)}")

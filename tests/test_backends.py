@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import cnnkern
+from cnnkern import _C
 from cnnkern import _ops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -114,14 +115,16 @@ def test_missing_kernels_package_is_an_error_not_an_absent_backend():
 @pytest.mark.parametrize("backend", ["cpu", "cuda_emu"])
 def test_cpp_ops_record_a_cpp_autograd_node(backend):
     # The C++ ops' autograd is registered in C++ (csrc/ops/autograd.cpp): one C++ graph node per
-    # call, no Python autograd layer; without grad no node at all.
+    # call (a torch::autograd::Function's CppNode, or pooling's own Nodes), no Python autograd
+    # layer; without grad no node at all.
     x = torch.randn(2, 3, 6, 6, requires_grad=True)
     layers = [cnnkern.Conv2d(3, 3, 3), cnnkern.MaxPool2d(2), cnnkern.AvgPool2d(2), cnnkern.AdaptiveAvgPool2d(1),
               cnnkern.BatchNormReLU2d(3)]
     with cnnkern.use_backend(backend):
         for layer in layers:
             y = layer(x)
-            assert "CppNode" in y.grad_fn.name(), (layer, y.grad_fn.name())
+            assert type(y.grad_fn).__name__ == "CppFunction", (layer, type(y.grad_fn))
+            assert "CppNode" in y.grad_fn.name() or y.grad_fn.name().startswith("Cnnkern"), y.grad_fn.name()
             with torch.no_grad():
                 assert layer(x).grad_fn is None
             if not list(layer.parameters()):  # nothing requires grad: the op is called below autograd
@@ -179,3 +182,42 @@ def test_every_backward_is_bitwise_reproducible_in_deterministic_mode(backend):
                 assert all(torch.equal(a, b) for a, b in zip(*runs)), layer
     finally:
         torch.use_deterministic_algorithms(before)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda_emu"])
+def test_pooling_entry_points_run_plain_calls_and_pass_the_rest_on(backend):
+    # csrc/ops/python.cpp runs a plain, valid pooling call on the C++ backend chosen in Python
+    # (its copy of the override follows use_backend) and answers NotImplemented for anything
+    # cnnkern.functional must handle: other argument forms, invalid values, subclasses.
+    x = torch.randn(2, 3, 7, 7, requires_grad=True)
+    with cnnkern.use_backend(backend):
+        namespace = getattr(torch.ops, {"cpu": "cnnkern", "cuda_emu": "cnnkern_emu"}[backend])
+        y, i = _C.max_pool2d(x, 3, (2,), [1, 1], 1, True, True)
+        ref_y, ref_i = namespace.max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], True)
+        assert torch.equal(y, ref_y) and torch.equal(i, ref_i) and y.grad_fn is not None
+        assert torch.equal(_C.avg_pool2d(x, 2, None, 1, False, False, 3),
+                           namespace.avg_pool2d(x, [2, 2], [2, 2], [1, 1], False, False, 3))
+        assert torch.equal(_C.adaptive_avg_pool2d(x[0], (2, 3)), namespace.adaptive_avg_pool2d(x[:1], [2, 3])[0])
+        passed_on = [
+            _C.max_pool2d(x, True, None, 0, 1, False, False),      # bool: torch refuses it
+            _C.max_pool2d(x, 2.0, None, 0, 1, False, False),       # float
+            _C.max_pool2d(x, (2, 2, 2), None, 0, 1, False, False),  # three values
+            _C.max_pool2d(x, 2, 0, 0, 1, False, False),            # zero stride
+            _C.max_pool2d(x, 2, None, 2, 1, False, False),         # padding over half the kernel
+            _C.max_pool2d(x, 9, None, 0, 1, False, False),         # output too small
+            _C.max_pool2d(x, 2, None, 0, 1, 1, False),             # int ceil_mode
+            _C.max_pool2d(x.int(), 2, None, 0, 1, False, False),   # integer input
+            _C.max_pool2d(x[0, 0], 2, None, 0, 1, False, False),   # 2-D input
+            _C.avg_pool2d(x, 2, None, 0, False, True, 0),          # zero divisor
+            _C.adaptive_avg_pool2d(x, (None, 2)),
+            _C.adaptive_avg_pool2d(x, (2,)),
+            _C.adaptive_avg_pool2d(x, 0),
+            _C.max_pool2d(torch.nn.Parameter(x.detach()).as_subclass(_Sub), 2, None, 0, 1, False, False),
+        ]
+        assert all(r is NotImplemented for r in passed_on), [r is NotImplemented for r in passed_on]
+    with cnnkern.use_backend("triton"):
+        assert _C.max_pool2d(x, 2, None, 0, 1, False, False) is NotImplemented
+
+
+class _Sub(torch.Tensor):
+    pass

@@ -287,22 +287,24 @@ at::Tensor adaptive_avg_pool2d_backward(const at::Tensor& grad_output, const at:
     const scalar_t* dy = grad_output.const_data_ptr<scalar_t>();
     const auto gs = grad_output.strides();
     scalar_t* out = dx.data_ptr<scalar_t>();
+    // Which windows cover each column, and their widths, are the same on every row: found
+    // once here, so the row loop does no integer division (it dominated small calls).
+    std::vector<int64_t> col_first(s.W), col_last(s.W), cols(s.OW);
+    for (int64_t w = 0; w < s.W; ++w) adaptive_covering(w, s.W, s.OW, &col_first[w], &col_last[w]);
+    for (int64_t ow = 0; ow < s.OW; ++ow) cols[ow] = adaptive_end(ow, s.W, s.OW) - adaptive_start(ow, s.W, s.OW);
     for_each_row(s, s.H, [&](int64_t n, int64_t c, int64_t h) {
       int64_t oh0, oh1;
       adaptive_covering(h, s.H, s.OH, &oh0, &oh1);
+      const scalar_t* dy_plane = dy + n * gs[0] + c * gs[1];
+      scalar_t* dx_row = out + n * s.x_stride[0] + c * s.x_stride[1] + h * s.x_stride[2];
       for (int64_t w = 0; w < s.W; ++w) {
-        int64_t ow0, ow1;
-        adaptive_covering(w, s.W, s.OW, &ow0, &ow1);
         A sum = 0;
         for (int64_t oh = oh0; oh < oh1; ++oh) {
-          const int64_t area_h = adaptive_end(oh, s.H, s.OH) - adaptive_start(oh, s.H, s.OH);
-          for (int64_t ow = ow0; ow < ow1; ++ow) {
-            const int64_t area = area_h * (adaptive_end(ow, s.W, s.OW) - adaptive_start(ow, s.W, s.OW));
-            sum += static_cast<A>(dy[n * gs[0] + c * gs[1] + oh * gs[2] + ow * gs[3]]) / static_cast<A>(area);
-          }
+          const int64_t rows = adaptive_end(oh, s.H, s.OH) - adaptive_start(oh, s.H, s.OH);
+          for (int64_t ow = col_first[w]; ow < col_last[w]; ++ow)
+            sum += static_cast<A>(dy_plane[oh * gs[2] + ow * gs[3]]) / static_cast<A>(rows * cols[ow]);
         }
-        out[n * s.x_stride[0] + c * s.x_stride[1] + h * s.x_stride[2] + w * s.x_stride[3]] =
-            static_cast<scalar_t>(sum);
+        dx_row[w * s.x_stride[3]] = static_cast<scalar_t>(sum);
       }
     });
   });

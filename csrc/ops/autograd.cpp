@@ -1,79 +1,33 @@
 // Autograd of the C++ ops, in C++: one Autograd-key kernel per forward op, for
 // both namespaces (cnnkern: CPU and CUDA kernels; cnnkern_emu: the emulated CUDA
-// kernels). Each is a torch::autograd::Function whose backward calls its own
-// namespace's backward ops through the dispatcher, so a backward pass never
-// leaves the backend its forward ran on, and a module call costs one dispatcher
-// call and one C++ graph node, as a native torch op does (the Python
-// torch.library autograd layer this replaces cost ~100 µs per call). Fake
-// tensors stay registered from Python (cnnkern/_ops.py); torch.compile traces
-// these kernels like any native op's autograd.
-#include <ATen/core/dispatch/Dispatcher.h>
+// kernels). Conv2d and BatchNorm+ReLU are torch::autograd::Functions; pooling,
+// where the kernel is as cheap as the bookkeeping, has plain graph Nodes as
+// torch's generated ones are. Every backward calls its own namespace's backward
+// ops through the dispatcher, so a backward pass never leaves the backend its
+// forward ran on, and a module call costs one dispatcher call and one C++ graph
+// node, as a native torch op does (the Python torch.library autograd layer this
+// replaces cost ~100 µs per call). Fake tensors stay registered from Python
+// (cnnkern/_ops.py); torch.compile traces these kernels like any native op's.
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
-#include <optional>
-#include <string>
-#include <tuple>
+#include <array>
+#include <mutex>
+#include <type_traits>
 #include <vector>
+
+#include "graph_node.h"
+#include "op_handles.h"
 
 namespace cnnkern {
 namespace {
 
-using at::IntArrayRef;
-using at::Tensor;
 using torch::autograd::AutogradContext;
+using torch::autograd::Node;
+using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
-using OptTensor = std::optional<Tensor>;
-
-// The namespaces, as template arguments: 0 = cnnkern, 1 = cnnkern_emu.
-constexpr const char* kNamespace[] = {"cnnkern", "cnnkern_emu"};
-
-template <int NS, typename Sig>
-c10::TypedOperatorHandle<Sig> op(const char* name) {
-  return c10::Dispatcher::singleton()
-      .findSchemaOrThrow((std::string(kNamespace[NS]) + "::" + name).c_str(), "")
-      .template typed<Sig>();
-}
-
-using ConvSig = Tensor(const Tensor&, const Tensor&, const OptTensor&, IntArrayRef, IntArrayRef, IntArrayRef, int64_t);
-using ConvGradSig = Tensor(const Tensor&, const Tensor&, const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef, int64_t);
-using MaxPoolSig = std::tuple<Tensor, Tensor>(const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef, IntArrayRef, bool);
-using MaxPoolGradSig = Tensor(const Tensor&, const Tensor&, const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef,
-                              IntArrayRef, bool);
-using AvgPoolSig = Tensor(const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef, bool, bool, std::optional<int64_t>);
-using AvgPoolGradSig = Tensor(const Tensor&, const Tensor&, IntArrayRef, IntArrayRef, IntArrayRef, bool, bool,
-                              std::optional<int64_t>);
-using AdaptiveSig = Tensor(const Tensor&, IntArrayRef);
-using AdaptiveGradSig = Tensor(const Tensor&, const Tensor&);
-using BatchNormSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const OptTensor&, const OptTensor&,
-                                                        const OptTensor&, const OptTensor&, const OptTensor&, bool,
-                                                        std::optional<double>, double);
-using BatchNormGradSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                                            const Tensor&, const OptTensor&, bool, double);
-
-// Handles looked up once per namespace, on first use (the schemas are defined by then).
-template <int NS>
-struct Ops {
-  static const Ops& get() {
-    static const Ops ops;
-    return ops;
-  }
-  c10::TypedOperatorHandle<ConvSig> conv2d = op<NS, ConvSig>("conv2d");
-  c10::TypedOperatorHandle<ConvGradSig> conv2d_backward_input = op<NS, ConvGradSig>("conv2d_backward_input");
-  c10::TypedOperatorHandle<ConvGradSig> conv2d_backward_weight = op<NS, ConvGradSig>("conv2d_backward_weight");
-  c10::TypedOperatorHandle<Tensor(const Tensor&)> conv2d_backward_bias =
-      op<NS, Tensor(const Tensor&)>("conv2d_backward_bias");
-  c10::TypedOperatorHandle<MaxPoolSig> max_pool2d = op<NS, MaxPoolSig>("max_pool2d");
-  c10::TypedOperatorHandle<MaxPoolGradSig> max_pool2d_backward = op<NS, MaxPoolGradSig>("max_pool2d_backward");
-  c10::TypedOperatorHandle<AvgPoolSig> avg_pool2d = op<NS, AvgPoolSig>("avg_pool2d");
-  c10::TypedOperatorHandle<AvgPoolGradSig> avg_pool2d_backward = op<NS, AvgPoolGradSig>("avg_pool2d_backward");
-  c10::TypedOperatorHandle<AdaptiveSig> adaptive_avg_pool2d = op<NS, AdaptiveSig>("adaptive_avg_pool2d");
-  c10::TypedOperatorHandle<AdaptiveGradSig> adaptive_avg_pool2d_backward =
-      op<NS, AdaptiveGradSig>("adaptive_avg_pool2d_backward");
-  c10::TypedOperatorHandle<BatchNormSig> batch_norm_relu = op<NS, BatchNormSig>("batch_norm_relu");
-  c10::TypedOperatorHandle<BatchNormGradSig> batch_norm_relu_backward =
-      op<NS, BatchNormGradSig>("batch_norm_relu_backward");
-};
 
 std::vector<int64_t> ints(const c10::IValue& v) { return v.toIntVector(); }
 
@@ -134,112 +88,155 @@ Tensor conv2d_autograd(const Tensor& input, const Tensor& weight, const OptTenso
 }
 
 // ---------------------------------------------------------------------------- pooling
+// Pooling's graph nodes are plain autograd Nodes, as torch's generated ones are
+// (MaxPool2DWithIndicesBackward0 ...): a torch::autograd::Function costs ~2 µs
+// more per call (its context, boxed saved data and output wrapping), which on a
+// small CPU tensor is as much as the kernel.
+
+// The input's gradient edge goes to `node`, `output` gets `node` as its grad_fn (once the
+// node holds what it saves: creation hooks see it whole).
+void attach(const NodePtr& node, const Tensor& input, const Tensor& output) {
+  node->set_next_edges(torch::autograd::collect_next_edges(input));
+  torch::autograd::set_history(output, node);
+  node_attached(node);
+}
+
+// A backward op called from a graph node: below autograd unless the backward pass
+// itself records (create_graph=True), where the dispatcher's fallback marks the
+// result as not differentiable twice rather than silently constant.
+template <typename Call>
+Tensor backward_call(Call&& call) {
+  if (at::GradMode::is_enabled()) return call();
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return call();
+}
+
+using Pair = std::array<int64_t, 2>;
+Pair pair(IntArrayRef v) { return {v[0], v[1]}; }
 
 template <int NS>
-struct MaxPool2dFn : torch::autograd::Function<MaxPool2dFn<NS>> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& input, IntArrayRef kernel, IntArrayRef stride,
-                               IntArrayRef padding, IntArrayRef dilation, bool ceil_mode) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [y, indices] = Ops<NS>::get().max_pool2d.call(input, kernel, stride, padding, dilation, ceil_mode);
-    ctx->save_for_backward({input, indices});
-    ctx->saved_data["kernel"] = kernel.vec();
-    ctx->saved_data["stride"] = stride.vec();
-    ctx->saved_data["padding"] = padding.vec();
-    ctx->saved_data["dilation"] = dilation.vec();
-    ctx->saved_data["ceil_mode"] = ceil_mode;
-    ctx->mark_non_differentiable({indices});
-    ctx->set_materialize_grads(false);  // no zero-filled gradient for the indices: one launch fewer
-    return {y, indices};
-  }
+struct MaxPool2dBackward : Node {
+  SavedVariable input_, indices_;
+  Pair kernel{}, stride{}, padding{}, dilation{};
+  bool ceil_mode = false;
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
+  std::string name() const override { return "CnnkernMaxPool2DBackward"; }
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    input_.reset_data();
+    indices_.reset_data();
+  }
+  variable_list apply(variable_list&& grads) override {
     Tensor dx;
-    if (grads[0].defined() && ctx->needs_input_grad(0))
-      dx = Ops<NS>::get().max_pool2d_backward.call(
-          grads[0], saved[0], saved[1], ints(ctx->saved_data["kernel"]), ints(ctx->saved_data["stride"]),
-          ints(ctx->saved_data["padding"]), ints(ctx->saved_data["dilation"]), ctx->saved_data["ceil_mode"].toBool());
-    return {dx, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    if (grads[0].defined() && task_should_compute_output(0)) {
+      const auto self = getptr();
+      const Tensor input = input_.unpack(self), indices = indices_.unpack(self);
+      dx = backward_call([&] {
+        return Ops<NS>::get().max_pool2d_backward.call(grads[0], input, indices, kernel, stride, padding, dilation,
+                                                       ceil_mode);
+      });
+    }
+    return {dx};
   }
 };
 
 template <int NS>
 std::tuple<Tensor, Tensor> max_pool2d_autograd(const Tensor& input, IntArrayRef kernel, IntArrayRef stride,
                                                IntArrayRef padding, IntArrayRef dilation, bool ceil_mode) {
-  if (!records({&input})) {
+  std::tuple<Tensor, Tensor> out;
+  {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return Ops<NS>::get().max_pool2d.call(input, kernel, stride, padding, dilation, ceil_mode);
+    out = Ops<NS>::get().max_pool2d.call(input, kernel, stride, padding, dilation, ceil_mode);
   }
-  auto out = MaxPool2dFn<NS>::apply(input, kernel, stride, padding, dilation, ceil_mode);
-  return {out[0], out[1]};
+  if (records({&input})) {
+    auto node = make_node<MaxPool2dBackward<NS>>();
+    auto* n = static_cast<MaxPool2dBackward<NS>*>(node.get());
+    n->kernel = pair(kernel), n->stride = pair(stride), n->padding = pair(padding), n->dilation = pair(dilation);
+    n->ceil_mode = ceil_mode;
+    n->input_ = SavedVariable(input, false);
+    n->indices_ = SavedVariable(std::get<1>(out), false);
+    attach(node, input, std::get<0>(out));  // the indices are not differentiable
+  }
+  return out;
 }
 
 template <int NS>
-struct AvgPool2dFn : torch::autograd::Function<AvgPool2dFn<NS>> {
-  static Tensor forward(AutogradContext* ctx, const Tensor& input, IntArrayRef kernel, IntArrayRef stride,
-                        IntArrayRef padding, bool ceil_mode, bool count_include_pad,
-                        std::optional<int64_t> divisor_override) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    ctx->save_for_backward({input});
-    ctx->saved_data["kernel"] = kernel.vec();
-    ctx->saved_data["stride"] = stride.vec();
-    ctx->saved_data["padding"] = padding.vec();
-    ctx->saved_data["ceil_mode"] = ceil_mode;
-    ctx->saved_data["count_include_pad"] = count_include_pad;
-    ctx->saved_data["divisor_override"] = divisor_override;
-    return Ops<NS>::get().avg_pool2d.call(input, kernel, stride, padding, ceil_mode, count_include_pad,
-                                          divisor_override);
-  }
+struct AvgPool2dBackward : Node {
+  SavedVariable input_;
+  Pair kernel{}, stride{}, padding{};
+  bool ceil_mode = false, count_include_pad = true;
+  std::optional<int64_t> divisor_override;
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto saved = ctx->get_saved_variables();
+  std::string name() const override { return "CnnkernAvgPool2DBackward"; }
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    input_.reset_data();
+  }
+  variable_list apply(variable_list&& grads) override {
     Tensor dx;
-    if (grads[0].defined() && ctx->needs_input_grad(0)) {
-      const auto& divisor = ctx->saved_data["divisor_override"];
-      dx = Ops<NS>::get().avg_pool2d_backward.call(
-          grads[0], saved[0], ints(ctx->saved_data["kernel"]), ints(ctx->saved_data["stride"]),
-          ints(ctx->saved_data["padding"]), ctx->saved_data["ceil_mode"].toBool(),
-          ctx->saved_data["count_include_pad"].toBool(),
-          divisor.isNone() ? std::nullopt : std::optional<int64_t>(divisor.toInt()));
+    if (grads[0].defined() && task_should_compute_output(0)) {
+      const Tensor input = input_.unpack(getptr());
+      dx = backward_call([&] {
+        return Ops<NS>::get().avg_pool2d_backward.call(grads[0], input, kernel, stride, padding, ceil_mode,
+                                                       count_include_pad, divisor_override);
+      });
     }
-    return {dx, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    return {dx};
   }
 };
 
 template <int NS>
 Tensor avg_pool2d_autograd(const Tensor& input, IntArrayRef kernel, IntArrayRef stride, IntArrayRef padding,
                            bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override) {
-  if (!records({&input})) {
+  Tensor out;
+  {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return Ops<NS>::get().avg_pool2d.call(input, kernel, stride, padding, ceil_mode, count_include_pad,
-                                          divisor_override);
+    out = Ops<NS>::get().avg_pool2d.call(input, kernel, stride, padding, ceil_mode, count_include_pad,
+                                         divisor_override);
   }
-  return AvgPool2dFn<NS>::apply(input, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override);
+  if (records({&input})) {
+    auto node = make_node<AvgPool2dBackward<NS>>();
+    auto* n = static_cast<AvgPool2dBackward<NS>*>(node.get());
+    n->kernel = pair(kernel), n->stride = pair(stride), n->padding = pair(padding);
+    n->ceil_mode = ceil_mode, n->count_include_pad = count_include_pad, n->divisor_override = divisor_override;
+    n->input_ = SavedVariable(input, false);
+    attach(node, input, out);
+  }
+  return out;
 }
 
 template <int NS>
-struct AdaptiveAvgPool2dFn : torch::autograd::Function<AdaptiveAvgPool2dFn<NS>> {
-  static Tensor forward(AutogradContext* ctx, const Tensor& input, IntArrayRef output_size) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    ctx->save_for_backward({input});
-    return Ops<NS>::get().adaptive_avg_pool2d.call(input, output_size);
-  }
+struct AdaptiveAvgPool2dBackward : Node {
+  SavedVariable input_;
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  std::string name() const override { return "CnnkernAdaptiveAvgPool2DBackward"; }
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    input_.reset_data();
+  }
+  variable_list apply(variable_list&& grads) override {
     Tensor dx;
-    if (grads[0].defined() && ctx->needs_input_grad(0))
-      dx = Ops<NS>::get().adaptive_avg_pool2d_backward.call(grads[0], ctx->get_saved_variables()[0]);
-    return {dx, Tensor()};
+    if (grads[0].defined() && task_should_compute_output(0)) {
+      const Tensor input = input_.unpack(getptr());
+      dx = backward_call([&] { return Ops<NS>::get().adaptive_avg_pool2d_backward.call(grads[0], input); });
+    }
+    return {dx};
   }
 };
 
 template <int NS>
 Tensor adaptive_avg_pool2d_autograd(const Tensor& input, IntArrayRef output_size) {
-  if (!records({&input})) {
+  Tensor out;
+  {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return Ops<NS>::get().adaptive_avg_pool2d.call(input, output_size);
+    out = Ops<NS>::get().adaptive_avg_pool2d.call(input, output_size);
   }
-  return AdaptiveAvgPool2dFn<NS>::apply(input, output_size);
+  if (records({&input})) {
+    auto node = make_node<AdaptiveAvgPool2dBackward<NS>>();
+    static_cast<AdaptiveAvgPool2dBackward<NS>*>(node.get())->input_ = SavedVariable(input, false);
+    attach(node, input, out);
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------------------- batch_norm_relu
