@@ -176,7 +176,10 @@ def _autocast(*tensors):
     """Inside torch.autocast, convolutions compute in the autocast dtype (torch's own
     rule for conv2d, on CUDA and CPU alike): floating tensors are cast to it. Pooling
     follows its input and BatchNorm keeps its fp32 parameters and statistics, as
-    torch's ops do, so only conv2d needs this."""
+    torch's ops do, so only conv2d needs this. The C++ ops apply the same rule in
+    their own Autocast kernels (csrc/ops/autocast.cpp); it is applied here too because
+    the checks below compare the dtypes the op will see, and because the eager Triton
+    path does not go through the dispatcher."""
     dtype = torch.get_autocast_dtype(tensors[0].device.type)
     return tuple(t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
                  for t in tensors)

@@ -64,3 +64,22 @@ def test_grad_scaler_trains_under_autocast(backend):
             losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses)))
     assert any(not torch.equal(b, p) for b, p in zip(before, params)), "no parameter moved"
+
+
+@pytest.mark.parametrize("ns", ["cnnkern", "cnnkern_emu"])
+def test_the_cpp_conv_op_has_its_own_autocast_kernel(ns):
+    # torch.ops.cnnkern*.conv2d called directly (no cnnkern.functional on the way) casts its fp32
+    # tensors to the autocast dtype, keeps fp64 ones, and differentiates through the casts.
+    op = getattr(torch.ops, ns).conv2d
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 6, 6, generator=gen, requires_grad=True)
+    w = torch.randn(4, 3, 3, 3, generator=gen, requires_grad=True)
+    b = torch.randn(4, generator=gen, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = op(x, w, b, [1, 1], [1, 1], [1, 1], 1)
+        y64 = op(x.double(), w.double(), b.double(), [1, 1], [1, 1], [1, 1], 1)
+    assert y.dtype == torch.bfloat16 and y64.dtype == torch.float64
+    ref = op(x.bfloat16(), w.bfloat16(), b.bfloat16(), [1, 1], [1, 1], [1, 1], 1)
+    assert torch.equal(y, ref)
+    y.float().sum().backward()
+    assert x.grad.dtype == w.grad.dtype == b.grad.dtype == torch.float32
