@@ -18,11 +18,15 @@ import math
 import os
 import time
 
-import pytest
 import torch
 
-import cnnkern
-from cnnkern import models
+if not torch.cuda.is_available():  # the overhead group's stubbed Triton path runs CPU tensors interpreted
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import cnnkern  # noqa: E402
+from cnnkern import models  # noqa: E402
 
 QUICK = os.environ.get("CNNKERN_BENCH_QUICK") == "1"
 
@@ -49,10 +53,35 @@ def impls(device: str) -> list[str]:
     return ["torch"] + [f"cnnkern-{b}" for b in cnnkern_backends(device)]
 
 
+# The overhead group's Triton host path without a GPU: the Triton backend on CPU tensors with every
+# kernel launch stubbed out, so what is timed is everything cnnkern does around the launches.
+STUBBED_TRITON = "cnnkern-triton-stubbed"
+
+
+def stubbed_triton_available() -> bool:
+    return not torch.cuda.is_available() and "triton" in cnnkern.available_backends("cpu")
+
+
+@contextlib.contextmanager
+def stubbed_triton_launches():
+    """Every Triton kernel's run (the launch, with Triton's own argument binding) does nothing."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    original = InterpretedFunction.run
+    InterpretedFunction.run = lambda self, *args, **kwargs: None
+    try:
+        with cnnkern.use_backend("triton"):
+            yield
+    finally:
+        InterpretedFunction.run = original
+
+
 def impl_context(impl: str):
     """The backend selection that `impl` runs under."""
     if impl == "torch":
         return contextlib.nullcontext()
+    if impl == STUBBED_TRITON:
+        return stubbed_triton_launches()
     return cnnkern.use_backend(impl.removeprefix("cnnkern-"))
 
 

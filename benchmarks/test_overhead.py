@@ -7,6 +7,11 @@ not the kernels, decides its step time. Groups are named "overhead ...", with
 the passes "overhead forward" (module call, autograd recording) and
 "overhead forward+backward" (module call and backward through it); each round
 makes CALLS calls, so the timer's resolution does not matter.
+
+Without a GPU the group also times "cnnkern-triton-stubbed": the Triton backend
+on CPU tensors with every kernel launch stubbed out (conftest.stubbed_triton_launches),
+which is cnnkern's whole Triton host path: module, functional, launch plan,
+autograd node. (With a GPU the Triton backend is timed for real.)
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from torch import nn
 
 import cnnkern
 
-from .conftest import DEVICES, bench_param, impl_context, impls
+from .conftest import DEVICES, STUBBED_TRITON, bench_param, impl_context, impls, stubbed_triton_available
 
 CALLS = 50
 SHAPE = (2, 4, 8, 8)
@@ -38,7 +43,8 @@ def cases():
         for name in LAYERS:
             for pass_ in PASSES:
                 group = f"{pass_} | {name} | {'x'.join(map(str, SHAPE))} float32 {device}"
-                for impl in impls(device):
+                stubbed = [STUBBED_TRITON] if device == "cpu" and stubbed_triton_available() else []
+                for impl in impls(device) + stubbed:
                     yield bench_param(name, device, pass_, impl, group=group,
                                       id=f"{pass_}-{name}-{device}-{impl}".replace(" ", "-"))
 

@@ -76,25 +76,29 @@ def ops_for(backend: str):
 
 def _triton_eager():
     """torch.ops.cnnkern_triton's ops as plain calls: each forward an autograd.Function over
-    the launcher itself, its backward calling the backward launchers directly. A triton_op
-    call goes through the dispatcher and torch.library's Python autograd and redispatch layers
-    (hundreds of µs per layer call, measured on the CPU); in eager mode nothing needs them.
-    torch.compile keeps the registered ops (ops_for), which Inductor sees through."""
+    the launcher's eager entry (kernels/_util.py: launch plans, replayed from C++), its backward
+    calling the backward launchers directly. A triton_op call goes through the dispatcher and
+    torch.library's Python autograd and redispatch layers (hundreds of µs per layer call,
+    measured on the CPU); in eager mode nothing needs them. torch.compile keeps the registered
+    ops (ops_for), which Inductor sees through."""
     import types
 
     load_triton()
-    from .kernels import batch_norm, conv2d, pool2d
+    from .kernels._util import EAGER as launchers  # every launcher, guarded, planned, without wrap_triton
 
-    launchers = {name: getattr(module, name)._init_fn for module, names in (
-        (conv2d, ("conv2d", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_backward_bias")),
-        (pool2d, ("max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "adaptive_avg_pool2d",
-                  "adaptive_avg_pool2d_backward")),
-        (batch_norm, ("batch_norm_relu", "batch_norm_relu_backward"))) for name in names}
     ns = types.SimpleNamespace(**launchers)
     formulas = {op: (backward_for(ns), setup) for op, (backward_for, setup) in _AUTOGRAD.items()}
     formulas["batch_norm_relu"] = (_batch_norm_relu_triton_backward_for(ns), _batch_norm_relu_triton_setup_context)
     for op, (backward, setup) in formulas.items():
         setattr(ns, op, _eager_function(op, launchers[op], setup, backward).apply)
+    # Pooling's plain, valid calls go straight from cnnkern._C's entry points to the launchers,
+    # with a C++ graph node for backward (csrc/ops/python.cpp).
+    from ._backend import _unavailable_reason
+
+    _C.set_triton(tuple(launchers[f"{op}{suffix}"] for op in ("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d")
+                        for suffix in ("", "_backward")),
+                  _unavailable_reason("triton", torch.device("cpu")) is None,
+                  _unavailable_reason("triton", torch.device("cuda")) is None)
     return ns
 
 

@@ -57,10 +57,10 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from .._shapes import empty_like_format, memory_format_of
-from ._util import on_tensor_device, check_int32_indexable, target_for
+from ._util import cdiv, check_int32_indexable, contiguous, fresh, launch, launcher, next_power_of_2, target_for
 
 # Resident warps per SM that a grid is sized for (one wave, enough loads in flight
 # for HBM bandwidth), from the kernels' sm_90 register counts: the forward data
@@ -465,7 +465,7 @@ def _work_stats_finalize(a, grid):
     stat = _element_bytes(a, "mean")
     running = (2 * c * _element_bytes(a, "running_mean") if a["UPDATE_MEAN"] else 0) + \
               (2 * c * _element_bytes(a, "running_var") if a["UPDATE_VAR"] else 0)
-    return dict(trip_count=triton.cdiv(a["CHUNKS"], a["BLOCK_S"]), flops=0,
+    return dict(trip_count=cdiv(a["CHUNKS"], a["BLOCK_S"]), flops=0,
                 bytes=_partial_bytes(a, 3) + 2 * c * stat + running)
 
 
@@ -484,7 +484,7 @@ def _work_bwd_finalize(a, grid):
     per_channel = (_element_bytes(a, "var") + (2 * _element_bytes(a, "coef") if a["TRAINING"] else 0)
                    + (_element_bytes(a, "grad_weight") if a["WRITE_WEIGHT"] else 0)
                    + (_element_bytes(a, "grad_bias") if a["WRITE_BIAS"] else 0))
-    return dict(trip_count=triton.cdiv(a["CHUNKS"], a["BLOCK_S"]), flops=0,
+    return dict(trip_count=cdiv(a["CHUNKS"], a["BLOCK_S"]), flops=0,
                 bytes=_partial_bytes(a, 2) + a["C"] * per_channel)
 
 
@@ -577,26 +577,26 @@ def _plan(out: torch.Tensor, backward: bool) -> _Plan:
     partial = 1 if target.interpreted else _PARTIAL_RATIO * 3 * 4
 
     def chunking(a_ext, block_a, blocks, bytes_per_a):
-        tiles_total = triton.cdiv(a_ext, block_a)
-        per = max(min_tiles, triton.cdiv(partial, block_a * bytes_per_a),
-                  triton.cdiv(tiles_total, max(1, triton.cdiv(want, blocks))))
+        tiles_total = cdiv(a_ext, block_a)
+        per = max(min_tiles, cdiv(partial, block_a * bytes_per_a),
+                  cdiv(tiles_total, max(1, cdiv(want, blocks))))
         per = min(per, tiles_total)
-        return per, triton.cdiv(tiles_total, per)
+        return per, cdiv(tiles_total, per)
 
     if planes:
         hw = h * w
-        block_b = min(triton.next_power_of_2(hw), tile)
+        block_b = min(next_power_of_2(hw), tile)
         block_a = max(1, tile // block_b)
         per, chunks = chunking(n, block_a, c, hw * es)
-        return _Plan(True, n, hw, block_a, block_b, triton.cdiv(hw, block_b), per, chunks, (c, chunks), num_warps)
+        return _Plan(True, n, hw, block_a, block_b, cdiv(hw, block_b), per, chunks, (c, chunks), num_warps)
     rows = n * h * w
-    widest = min(triton.next_power_of_2(c), max(1, (32 if target.interpreted else _LINE_BYTES // es)))
+    widest = min(next_power_of_2(c), max(1, (32 if target.interpreted else _LINE_BYTES // es)))
     best = None
     for block_b in (widest, max(1, widest // 2)):  # half-line rows when full lines leave SMs idle
         if block_b * es < 64 and block_b != widest and not target.interpreted:
             break
         block_a = max(1, tile // block_b)
-        blocks = triton.cdiv(c, block_b)
+        blocks = cdiv(c, block_b)
         per, chunks = chunking(rows, block_a, blocks, es)
         cand = _Plan(False, rows, c, block_a, block_b, 1, per, chunks, (blocks, chunks), num_warps)
         if best is None or blocks * chunks > best.grid[0] * best.grid[1] * 1.25:
@@ -608,9 +608,9 @@ def _plan(out: torch.Tensor, backward: bool) -> _Plan:
 
 def _finalize_blocks(plan: _Plan, channels: int, sm_count: int):
     # all of a channel's chunks in one tile where they fit; channels spread over the SMs
-    block_s = min(triton.next_power_of_2(plan.chunks), _TILE)
-    block_c = max(1, min(triton.next_power_of_2(channels), _TILE // block_s,
-                         triton.next_power_of_2(triton.cdiv(channels, sm_count))))
+    block_s = min(next_power_of_2(plan.chunks), _TILE)
+    block_c = max(1, min(next_power_of_2(channels), _TILE // block_s,
+                         next_power_of_2(cdiv(channels, sm_count))))
     return block_c, block_s
 
 
@@ -618,7 +618,7 @@ def _fit(t: torch.Tensor, plan: _Plan, like: torch.Tensor):
     """t (or, when its strides fit neither layout, a copy in `like`'s layout) and its strides in the plan."""
     s = plan.strides(t)
     if s is None:
-        t = t.contiguous(memory_format=memory_format_of(like))
+        t = contiguous(t, memory_format_of(like))
         s = plan.strides(t)
     return t, s
 
@@ -630,23 +630,23 @@ def _head_tail(value: float):
 
 
 def _param(t: Optional[torch.Tensor]):
-    return None if t is None else t.contiguous()
+    return None if t is None else contiguous(t)
 
 
 # ----------------------------------------------------------------------------- ops
 
 
 @triton_op("cnnkern_triton::batch_norm_relu", mutates_args={"running_mean", "running_var", "num_batches_tracked"})
-@on_tensor_device
+@launcher
 def batch_norm_relu(input: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                     running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],
                     num_batches_tracked: Optional[torch.Tensor], training: bool, momentum: Optional[float],
                     eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     n, c, h, w = input.shape
     acc = _acc_dtype(input)
-    y = empty_like_format(input.shape, input)
-    mean = torch.empty(c, dtype=acc, device=input.device)
-    var = torch.empty(c, dtype=acc, device=input.device)
+    y = fresh(empty_like_format(input.shape, input))
+    mean = fresh(torch.empty(c, dtype=acc, device=input.device))
+    var = fresh(torch.empty(c, dtype=acc, device=input.device))
     counting = training and num_batches_tracked is not None
     if input.numel() == 0:  # torch's batch_norm leaves the statistics of an empty batch alone
         if counting:
@@ -665,33 +665,33 @@ def batch_norm_relu(input: torch.Tensor, weight: Optional[torch.Tensor], bias: O
     wt, bs = _param(weight), _param(bias)
     common = dict(A_EXT=plan.a_ext, B_EXT=plan.b_ext, C=c, BANDS=plan.bands, TILES=plan.tiles)
     if training:
-        part = torch.empty(3 * c * plan.chunks, dtype=acc, device=input.device)
-        wrap_triton(bn_stats_partial_kernel)[plan.grid](
-            x, part, num_batches_tracked if counting else part, **common, CHUNKS=plan.chunks,
-            x_a=xs[0], x_b=xs[1], x_c=xs[2], COUNT_BATCH=counting, ACC=_acc(input), **plan.meta())
+        part = fresh(torch.empty(3 * c * plan.chunks, dtype=acc, device=input.device))
+        launch(bn_stats_partial_kernel, plan.grid,
+               x, part, num_batches_tracked if counting else part, **common, CHUNKS=plan.chunks,
+               x_a=xs[0], x_b=xs[1], x_c=xs[2], COUNT_BATCH=counting, ACC=_acc(input), **plan.meta())
         block_c, block_s = _finalize_blocks(plan, c, target_for(y).sm_count)
-        wrap_triton(bn_stats_finalize_kernel)[(triton.cdiv(c, block_c),)](
-            part, mean, var, running_mean if running_mean is not None else mean,
-            running_var if running_var is not None else var, num_batches_tracked if counting else part, c,
-            plan.chunks, running_mean.stride(0) if running_mean is not None else 1,
-            running_var.stride(0) if running_var is not None else 1,
-            *_head_tail(0.0 if momentum is None else momentum), n * h * w,
-            UPDATE_MEAN=running_mean is not None, UPDATE_VAR=running_var is not None,
-            CUMULATIVE=momentum is None and counting, ACC=_acc(input), BLOCK_C=block_c, BLOCK_S=block_s,
-            num_warps=_NUM_WARPS)
+        launch(bn_stats_finalize_kernel, (cdiv(c, block_c),),
+               part, mean, var, running_mean if running_mean is not None else mean,
+               running_var if running_var is not None else var, num_batches_tracked if counting else part, c,
+               plan.chunks, running_mean.stride(0) if running_mean is not None else 1,
+               running_var.stride(0) if running_var is not None else 1,
+               *_head_tail(0.0 if momentum is None else momentum), n * h * w,
+               UPDATE_MEAN=running_mean is not None, UPDATE_VAR=running_var is not None,
+               CUMULATIVE=momentum is None and counting, ACC=_acc(input), BLOCK_C=block_c, BLOCK_S=block_s,
+               num_warps=_NUM_WARPS)
         stats, s_stats = (mean, var), (1, 1)
     else:
         stats, s_stats = (running_mean, running_var), (running_mean.stride(0), running_var.stride(0))
-    wrap_triton(bn_relu_apply_kernel)[plan.grid](
-        x, y, *stats, wt if wt is not None else mean, bs if bs is not None else mean, mean, var, **common,
-        s_mean=s_stats[0], s_var=s_stats[1], x_a=xs[0], x_b=xs[1], x_c=xs[2], y_a=ys[0], y_b=ys[1], y_c=ys[2],
-        eps=eps, HAS_WEIGHT=wt is not None, HAS_BIAS=bs is not None, SAVE_STATS=not training, ACC=_acc(input),
-        **plan.meta())
+    launch(bn_relu_apply_kernel, plan.grid,
+           x, y, *stats, wt if wt is not None else mean, bs if bs is not None else mean, mean, var, **common,
+           s_mean=s_stats[0], s_var=s_stats[1], x_a=xs[0], x_b=xs[1], x_c=xs[2], y_a=ys[0], y_b=ys[1], y_c=ys[2],
+           eps=eps, HAS_WEIGHT=wt is not None, HAS_BIAS=bs is not None, SAVE_STATS=not training, ACC=_acc(input),
+           **plan.meta())
     return y, mean, var
 
 
 @triton_op("cnnkern_triton::batch_norm_relu_backward", mutates_args={})
-@on_tensor_device
+@launcher
 def batch_norm_relu_backward(grad_output: torch.Tensor, input: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
                              weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], training: bool, eps: float,
                              output_mask: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -699,9 +699,9 @@ def batch_norm_relu_backward(grad_output: torch.Tensor, input: torch.Tensor, mea
     others come back uninitialised). The ReLU mask is recomputed from input."""
     n, c, h, w = input.shape
     acc = _acc_dtype(input)
-    dx = empty_like_format(input.shape, input)
-    grad_weight = torch.empty(c, dtype=weight.dtype if weight is not None else acc, device=input.device)
-    grad_bias = torch.empty(c, dtype=bias.dtype if bias is not None else acc, device=input.device)
+    dx = fresh(empty_like_format(input.shape, input))
+    grad_weight = fresh(torch.empty(c, dtype=weight.dtype if weight is not None else acc, device=input.device))
+    grad_bias = fresh(torch.empty(c, dtype=bias.dtype if bias is not None else acc, device=input.device))
     want_dx, want_w, want_b = output_mask
     want_w, want_b = want_w and weight is not None, want_b and bias is not None
     if input.numel() == 0:
@@ -718,21 +718,21 @@ def batch_norm_relu_backward(grad_output: torch.Tensor, input: torch.Tensor, mea
     affine = dict(HAS_WEIGHT=wt is not None, HAS_BIAS=bs is not None, ACC=_acc(input))
     dummy = mean
     reduce = training and want_dx or want_w or want_b
-    coef = torch.empty(2 * c, dtype=acc, device=input.device) if training and want_dx else dummy
+    coef = fresh(torch.empty(2 * c, dtype=acc, device=input.device)) if training and want_dx else dummy
     if reduce:
-        part = torch.empty(2 * c * plan.chunks, dtype=acc, device=input.device)
-        wrap_triton(bn_relu_bwd_reduce_kernel)[plan.grid](
-            dy, x, mean, var, wt if wt is not None else dummy, bs if bs is not None else dummy, part, **common,
-            CHUNKS=plan.chunks, dy_a=dys[0], dy_b=dys[1], dy_c=dys[2], x_a=xs[0], x_b=xs[1], x_c=xs[2], eps=eps,
-            **affine, **plan.meta())
+        part = fresh(torch.empty(2 * c * plan.chunks, dtype=acc, device=input.device))
+        launch(bn_relu_bwd_reduce_kernel, plan.grid,
+               dy, x, mean, var, wt if wt is not None else dummy, bs if bs is not None else dummy, part, **common,
+               CHUNKS=plan.chunks, dy_a=dys[0], dy_b=dys[1], dy_c=dys[2], x_a=xs[0], x_b=xs[1], x_c=xs[2], eps=eps,
+               **affine, **plan.meta())
         block_c, block_s = _finalize_blocks(plan, c, target_for(dx).sm_count)
-        wrap_triton(bn_relu_bwd_finalize_kernel)[(triton.cdiv(c, block_c),)](
-            part, var, grad_weight, grad_bias, coef, c, plan.chunks, n * h * w, eps,
-            TRAINING=training and want_dx, WRITE_WEIGHT=want_w, WRITE_BIAS=want_b, ACC=_acc(input),
-            BLOCK_C=block_c, BLOCK_S=block_s, num_warps=_NUM_WARPS)
+        launch(bn_relu_bwd_finalize_kernel, (cdiv(c, block_c),),
+               part, var, grad_weight, grad_bias, coef, c, plan.chunks, n * h * w, eps,
+               TRAINING=training and want_dx, WRITE_WEIGHT=want_w, WRITE_BIAS=want_b, ACC=_acc(input),
+               BLOCK_C=block_c, BLOCK_S=block_s, num_warps=_NUM_WARPS)
     if want_dx:
-        wrap_triton(bn_relu_bwd_dx_kernel)[plan.grid](
-            dy, x, dx, mean, var, wt if wt is not None else dummy, bs if bs is not None else dummy, coef, **common,
-            dy_a=dys[0], dy_b=dys[1], dy_c=dys[2], x_a=xs[0], x_b=xs[1], x_c=xs[2], dx_a=dxs[0], dx_b=dxs[1],
-            dx_c=dxs[2], eps=eps, TRAINING=training, **affine, **plan.meta())
+        launch(bn_relu_bwd_dx_kernel, plan.grid,
+               dy, x, dx, mean, var, wt if wt is not None else dummy, bs if bs is not None else dummy, coef, **common,
+               dy_a=dys[0], dy_b=dys[1], dy_c=dys[2], x_a=xs[0], x_b=xs[1], x_c=xs[2], dx_a=dxs[0], dx_b=dxs[1],
+               dx_c=dxs[2], eps=eps, TRAINING=training, **affine, **plan.meta())
     return dx, grad_weight, grad_bias

@@ -56,10 +56,10 @@ from typing import List, Optional
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from .._shapes import conv2d_memory_format, conv2d_output_shape, memory_format_of
-from ._util import on_tensor_device, _INTERPRETER_TARGET, Target, check_int32_indexable, target_for
+from ._util import _INTERPRETER_TARGET, Target, check_int32_indexable, launch, launcher, target_for
 
 # ----------------------------------------------------------------------------- tiles
 
@@ -817,10 +817,10 @@ class _Plan:
     def launch(self, kernel, grid, args, constexprs):
         """grid(BLOCK_M, BLOCK_N) -> the launch grid, evaluated for whichever tile runs."""
         if self.autotuned:
-            wrap_triton(_TUNED[kernel])[lambda meta: grid(meta["BLOCK_M"], meta["BLOCK_N"])](
-                *args, *self.tune_args, **constexprs)
+            launch(_TUNED[kernel], lambda meta: grid(meta["BLOCK_M"], meta["BLOCK_N"]),
+                   *args, *self.tune_args, **constexprs)
         else:
-            wrap_triton(kernel)[grid(*self.cfg[:2])](*args, *self.tune_args, **constexprs, **_meta(self.cfg))
+            launch(kernel, grid(*self.cfg[:2]), *args, *self.tune_args, **constexprs, **_meta(self.cfg))
 
 
 def _gemm_grid(gemm_m, gemm_n, groups, depth=1):
@@ -828,7 +828,7 @@ def _gemm_grid(gemm_m, gemm_n, groups, depth=1):
 
 
 @triton_op("cnnkern_triton::conv2d", mutates_args={})
-@on_tensor_device
+@launcher(plans=False)  # conv's host path already costs less than torch's
 def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], stride: List[int],
            padding: List[int], dilation: List[int], groups: int) -> torch.Tensor:
     n, k, p, q = conv2d_output_shape(input, weight, stride, padding, dilation)
@@ -873,7 +873,7 @@ def _gcd(a: int, b: int) -> int:
 
 
 @triton_op("cnnkern_triton::conv2d_backward_input", mutates_args={})
-@on_tensor_device
+@launcher(plans=False)  # conv's host path already costs less than torch's
 def conv2d_backward_input(grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor, stride: List[int],
                           padding: List[int], dilation: List[int], groups: int) -> torch.Tensor:
     dx = torch.empty(input.shape, dtype=input.dtype, device=input.device,
@@ -968,13 +968,13 @@ def _partials(splits: int, atomic: bool, shape, like: torch.Tensor) -> torch.Ten
 
 def _finalize(part, out, splits, k, c_g, r, s, part_strides, out_strides, target):
     block = 16 if target.interpreted else 32
-    wrap_triton(conv2d_wgrad_finalize_kernel)[(triton.cdiv(k, block), r * s, triton.cdiv(c_g, block))](
-        part, out, splits, k, c_g, *part_strides, *out_strides,
-        S=s, ACC=_acc(out.dtype), BLOCK_K=block, BLOCK_C=block)
+    launch(conv2d_wgrad_finalize_kernel, (triton.cdiv(k, block), r * s, triton.cdiv(c_g, block)),
+           part, out, splits, k, c_g, *part_strides, *out_strides,
+           S=s, ACC=_acc(out.dtype), BLOCK_K=block, BLOCK_C=block)
 
 
 @triton_op("cnnkern_triton::conv2d_backward_weight", mutates_args={})
-@on_tensor_device
+@launcher(plans=False)  # conv's host path already costs less than torch's
 def conv2d_backward_weight(grad_output: torch.Tensor, input: torch.Tensor, weight: torch.Tensor, stride: List[int],
                            padding: List[int], dilation: List[int], groups: int) -> torch.Tensor:
     k, c_g, r, s = weight.shape
@@ -1039,7 +1039,7 @@ _BGRAD_BLOCK_C, _BGRAD_BLOCK_R = 32, 64
 
 
 @triton_op("cnnkern_triton::conv2d_backward_bias", mutates_args={})
-@on_tensor_device
+@launcher(plans=False)  # conv's host path already costs less than torch's
 def conv2d_backward_bias(grad_output: torch.Tensor) -> torch.Tensor:
     n, k, p, q = grad_output.shape
     db = torch.empty((k,), dtype=grad_output.dtype, device=grad_output.device)
@@ -1055,9 +1055,9 @@ def conv2d_backward_bias(grad_output: torch.Tensor) -> torch.Tensor:
     # and the partials meet in order in the finalize (deterministic, no atomics).
     chunks, per = _split(target, col_blocks, rows)
     part = torch.empty((chunks, k), dtype=_acc_dtype(grad_output.dtype), device=grad_output.device)
-    wrap_triton(conv2d_bgrad_kernel)[(col_blocks, chunks)](
-        grad_output, part, k, p, q, rows, per, *grad_output.stride(),
-        BLOCK_C=_BGRAD_BLOCK_C, BLOCK_R=_BGRAD_BLOCK_R, ACC=_acc(grad_output.dtype),
-        ROWS_FLAT=grad_output.is_contiguous(memory_format=torch.channels_last))
+    launch(conv2d_bgrad_kernel, (col_blocks, chunks),
+           grad_output, part, k, p, q, rows, per, *grad_output.stride(),
+           BLOCK_C=_BGRAD_BLOCK_C, BLOCK_R=_BGRAD_BLOCK_R, ACC=_acc(grad_output.dtype),
+           ROWS_FLAT=grad_output.is_contiguous(memory_format=torch.channels_last))
     _finalize(part, db, chunks, k, 1, 1, 1, (1, 0, 0, 0), (1, 0, 0, 0), target)
     return db

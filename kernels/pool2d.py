@@ -58,10 +58,10 @@ from typing import List, Optional
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from .._shapes import empty_like_format, memory_format_of, pool2d_output_shape
-from ._util import on_tensor_device, check_int32_indexable, position as _position, target_for
+from ._util import cdiv, check_int32_indexable, contiguous, fresh, launch, launcher, position as _position, target_for
 
 BLOCK = 256  # flat (adaptive) kernels: elements per program
 
@@ -1059,7 +1059,7 @@ def _tap_dtype(taps: int) -> torch.dtype:
 
 
 def _launch(kernel, grid, *args, **kwargs):
-    wrap_triton(kernel)[grid](*args, **kwargs, num_warps=_NUM_WARPS)
+    launch(kernel, grid, *args, **kwargs, num_warps=_NUM_WARPS)
 
 
 def _block(size: int, cap: int) -> int:
@@ -1074,7 +1074,7 @@ def _pixel_blocks(n: int, h: int, w: int, block_p: int) -> tuple[dict, int]:
     bw = _block(w, block_p)
     bh = _block(h, max(1, block_p // bw))
     bn = min(_pow2_ceil(n), max(1, block_p // (bw * bh)))
-    programs = triton.cdiv(n, bn) * triton.cdiv(h, bh) * triton.cdiv(w, bw)
+    programs = cdiv(n, bn) * cdiv(h, bh) * cdiv(w, bw)
     return dict(BN=bn, BOH=bh, BOW=bw, BLOCK_P=bn * bh * bw), programs
 
 
@@ -1082,7 +1082,7 @@ def _plane_blocks(planes: int, oh: int, block_r: int) -> tuple[dict, int]:
     """[BPL planes, BOH rows] of a strip tile of about block_r rows, and the grid size along rows."""
     bh = _block(oh, block_r)
     bpl = min(_pow2_ceil(planes), max(1, block_r // bh))
-    return dict(BPL=bpl, BOH=bh, BLOCK_R=bpl * bh), triton.cdiv(planes, bpl) * triton.cdiv(oh, bh)
+    return dict(BPL=bpl, BOH=bh, BLOCK_R=bpl * bh), cdiv(planes, bpl) * cdiv(oh, bh)
 
 
 def _planes_contiguous(*tensors: torch.Tensor) -> bool:
@@ -1099,7 +1099,7 @@ def _nhwc_launch(kernel, t, channels, vec, in_flight, n, h, w, args, flags, widt
     """A channels_last launch: tiles of [pixels (n, h, w), channels]."""
     block_p, block_c = _nhwc_blocks(t, channels, vec, in_flight, width)
     pixels, programs = _pixel_blocks(n, h, w, block_p)
-    _launch(kernel, (programs, triton.cdiv(channels, block_c)), *args, **flags, **pixels,
+    _launch(kernel, (programs, cdiv(channels, block_c)), *args, **flags, **pixels,
             VEC=min(vec, block_c),  # the contiguity claim covers one channel block at most
             EVEN_C=channels % block_c == 0, BLOCK_C=block_c)
 
@@ -1122,14 +1122,14 @@ def _pool_forward(kernels, x, y, extra, g, nhwc_flags, strip_flags, rows_flags, 
         # a column block starts at a multiple of its width: the alignment claim holds up to that
         align_x = min(_align(x), block_ow * g["KW"])
         out_vec = max(1, min(_VECTOR_BYTES // x.element_size(), align_x) // g["KW"]) if even else 1
-        _launch(kernels[1], (programs, triton.cdiv(ow, block_ow)),
+        _launch(kernels[1], (programs, cdiv(ow, block_ow)),
                 x, y, *extra, n * c, *strip_flags.pop("sizes"), *div, *x.stride()[1:3], *y.stride()[1:3],
                 KH=g["KH"], KW=g["KW"], **strip_flags, EVEN_OW=even, ALIGN_X=align_x,
                 ALIGN_Y=min(_align(y), block_ow), OUT_VEC=out_vec, **rows, BLOCK_OW=block_ow)
     else:
         block_r, block_ow = _rows_blocks(x, ow, _in_flight(g, 1, unroll))
         rows = n * c * oh
-        _launch(kernels[2], (triton.cdiv(rows, block_r), triton.cdiv(ow, block_ow)),
+        _launch(kernels[2], (cdiv(rows, block_r), cdiv(ow, block_ow)),
                 x, y, *extra, rows, c, h, w, oh, ow, *div, *x.stride(), *y.stride(),
                 **rows_flags, BLOCK_R=block_r, BLOCK_OW=block_ow)
 
@@ -1160,14 +1160,14 @@ def _pool_backward(kernels, dy, extra, dx, g, nhwc_flags, strip_flags, rows_flag
         rows, programs = _plane_blocks(n * c, oh, block_r)
         align_dx = min(_align(dx), block_ow * g["KW"])
         dx_vec = min(_VECTOR_BYTES // dx.element_size(), align_dx) if even else 1
-        _launch(kernels[1], (programs, triton.cdiv(ow, block_ow)),
+        _launch(kernels[1], (programs, cdiv(ow, block_ow)),
                 dy, *extra, dx, n * c, *strip_flags.pop("sizes"), *div, *dy.stride()[1:3], *dx.stride()[1:3],
                 KH=g["KH"], KW=g["KW"], **strip_flags, EVEN_OW=even, ALIGN_DY=min(_align(dy), block_ow),
                 ALIGN_DX=align_dx, IN_VEC=max(1, dx_vec // g["KW"]), **rows, BLOCK_OW=block_ow)
     else:
         block_r, block_w = _rows_blocks(dx, w, in_flight)
         rows = n * c * h
-        _launch(kernels[2], (triton.cdiv(rows, block_r), triton.cdiv(w, block_w)),
+        _launch(kernels[2], (cdiv(rows, block_r), cdiv(w, block_w)),
                 dy, *extra, dx, rows, c, h, w, oh, ow, *div, *dy.stride(), *dx.stride(),
                 **rows_flags, BLOCK_R=block_r, BLOCK_W=block_w)
 
@@ -1181,15 +1181,15 @@ _AVG_BWD = (avg_pool2d_bwd_nhwc_kernel, avg_pool2d_bwd_strip_kernel, avg_pool2d_
 
 
 @triton_op("cnnkern_triton::max_pool2d", mutates_args={})
-@on_tensor_device
+@launcher
 def max_pool2d(input: torch.Tensor, kernel_size: List[int], stride: List[int], padding: List[int],
                dilation: List[int], ceil_mode: bool, return_indices: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(output, what backward needs): torch's int64 flat indices when return_indices, else the winning
     tap's window offset kh*KW + kw in the narrowest integer (uint8 up to 256 taps)."""
     shape = pool2d_output_shape(input, kernel_size, stride, padding, dilation, ceil_mode)
-    y = empty_like_format(shape, input)
+    y = fresh(empty_like_format(shape, input))
     g = _geometry(kernel_size, stride, padding, dilation)
-    taps = empty_like_format(shape, input, torch.int64 if return_indices else _tap_dtype(g["KH"] * g["KW"]))
+    taps = fresh(empty_like_format(shape, input, torch.int64 if return_indices else _tap_dtype(g["KH"] * g["KW"])))
     if y.numel():
         check_int32_indexable(input, y)
         inside = _inside(g, *input.shape[2:], *shape[2:])
@@ -1200,16 +1200,16 @@ def max_pool2d(input: torch.Tensor, kernel_size: List[int], stride: List[int], p
 
 
 @triton_op("cnnkern_triton::max_pool2d_backward", mutates_args={})
-@on_tensor_device
+@launcher
 def max_pool2d_backward(grad_output: torch.Tensor, input: torch.Tensor, indices: torch.Tensor,
                         kernel_size: List[int], stride: List[int], padding: List[int], dilation: List[int],
                         ceil_mode: bool) -> torch.Tensor:
     """indices: what max_pool2d returned, int64 flat indices or the compact window offsets."""
-    dx = empty_like_format(input.shape, input)
+    dx = fresh(empty_like_format(input.shape, input))
     if dx.numel():
         fmt = memory_format_of(dx)
-        grad_output = grad_output.contiguous(memory_format=fmt)
-        indices = indices.contiguous(memory_format=fmt)
+        grad_output = contiguous(grad_output, fmt)
+        indices = contiguous(indices, fmt)
         check_int32_indexable(grad_output, dx)
         g = _geometry(kernel_size, stride, padding, dilation)
         flat = indices.dtype == torch.int64
@@ -1220,11 +1220,11 @@ def max_pool2d_backward(grad_output: torch.Tensor, input: torch.Tensor, indices:
 
 
 @triton_op("cnnkern_triton::avg_pool2d", mutates_args={})
-@on_tensor_device
+@launcher
 def avg_pool2d(input: torch.Tensor, kernel_size: List[int], stride: List[int], padding: List[int], ceil_mode: bool,
                count_include_pad: bool, divisor_override: Optional[int]) -> torch.Tensor:
     shape = pool2d_output_shape(input, kernel_size, stride, padding, (1, 1), ceil_mode)
-    y = empty_like_format(shape, input)
+    y = fresh(empty_like_format(shape, input))
     if y.numel():
         check_int32_indexable(input, y)
         g = _geometry(kernel_size, stride, padding)
@@ -1236,13 +1236,13 @@ def avg_pool2d(input: torch.Tensor, kernel_size: List[int], stride: List[int], p
 
 
 @triton_op("cnnkern_triton::avg_pool2d_backward", mutates_args={})
-@on_tensor_device
+@launcher
 def avg_pool2d_backward(grad_output: torch.Tensor, input: torch.Tensor, kernel_size: List[int], stride: List[int],
                         padding: List[int], ceil_mode: bool, count_include_pad: bool,
                         divisor_override: Optional[int]) -> torch.Tensor:
-    dx = empty_like_format(input.shape, input)
+    dx = fresh(empty_like_format(input.shape, input))
     if dx.numel():
-        grad_output = grad_output.contiguous(memory_format=memory_format_of(dx))
+        grad_output = contiguous(grad_output, memory_format_of(dx))
         check_int32_indexable(grad_output, dx)
         g = _geometry(kernel_size, stride, padding)
         flags = dict(_no_dilation(g), ONE_WINDOW=_one_window(g), COUNT_INCLUDE_PAD=count_include_pad,
@@ -1281,15 +1281,15 @@ def _global_blocks(t: torch.Tensor, channels: int, plane: int, plane_stride: int
         block_c = min(_pow2_ceil(channels), 16 if target.interpreted else 64)
         block_l, floor_c = max(1, min(_pow2_ceil(plane), tile // block_c)), 8
     block_c = min(block_c, _pow2_ceil(channels))
-    while block_c > floor_c and programs_per_c * triton.cdiv(channels, block_c) < 2 * target.sm_count:
+    while block_c > floor_c and programs_per_c * cdiv(channels, block_c) < 2 * target.sm_count:
         block_c //= 2
     return block_c, block_l
 
 
 @triton_op("cnnkern_triton::adaptive_avg_pool2d", mutates_args={})
-@on_tensor_device
+@launcher
 def adaptive_avg_pool2d(input: torch.Tensor, output_size: List[int]) -> torch.Tensor:
-    y = empty_like_format((*input.shape[:2], *output_size), input)
+    y = fresh(empty_like_format((*input.shape[:2], *output_size), input))
     if y.numel():
         check_int32_indexable(input, y)
         n, c, h, w = input.shape
@@ -1297,11 +1297,11 @@ def adaptive_avg_pool2d(input: torch.Tensor, output_size: List[int]) -> torch.Te
         sx_l = _plane_stride(input)
         if list(output_size) == [1, 1] and sx_l is not None:
             block_c, block_l = _global_blocks(input, c, h * w, sx_l, n)
-            _launch(global_avg_pool2d_fwd_kernel, (n, triton.cdiv(c, block_c)),
+            _launch(global_avg_pool2d_fwd_kernel, (n, cdiv(c, block_c)),
                     input, y, c, h * w, input.stride(0), input.stride(1), sx_l, y.stride(0), y.stride(1),
                     EVEN_L=(h * w) % block_l == 0, ACC=acc, BLOCK_C=block_c, BLOCK_L=block_l)
         else:
-            _launch(adaptive_avg_pool2d_fwd_kernel, (triton.cdiv(y.numel(), BLOCK),),
+            _launch(adaptive_avg_pool2d_fwd_kernel, (cdiv(y.numel(), BLOCK),),
                     input, y, y.numel(), c, h, w, *output_size, *input.stride(), *y.stride(),
                     MAX_KH=_max_window(h, output_size[0]), MAX_KW=_max_window(w, output_size[1]), ACC=acc,
                     CHANNELS_LAST=_channels_last(y), BLOCK=BLOCK)
@@ -1309,9 +1309,9 @@ def adaptive_avg_pool2d(input: torch.Tensor, output_size: List[int]) -> torch.Te
 
 
 @triton_op("cnnkern_triton::adaptive_avg_pool2d_backward", mutates_args={})
-@on_tensor_device
+@launcher
 def adaptive_avg_pool2d_backward(grad_output: torch.Tensor, input: torch.Tensor) -> torch.Tensor:
-    dx = empty_like_format(input.shape, input)
+    dx = fresh(empty_like_format(input.shape, input))
     if dx.numel():
         check_int32_indexable(grad_output, dx)
         n, c, h, w = input.shape
@@ -1319,13 +1319,13 @@ def adaptive_avg_pool2d_backward(grad_output: torch.Tensor, input: torch.Tensor)
         acc = _acc(input.dtype)
         sdx_l = _plane_stride(dx)
         if (oh, ow) == (1, 1) and sdx_l is not None:
-            block_c, block_l = _global_blocks(dx, c, h * w, sdx_l, n * triton.cdiv(h * w, 512))
-            _launch(global_avg_pool2d_bwd_kernel, (n, triton.cdiv(c, block_c), triton.cdiv(h * w, block_l)),
+            block_c, block_l = _global_blocks(dx, c, h * w, sdx_l, n * cdiv(h * w, 512))
+            _launch(global_avg_pool2d_bwd_kernel, (n, cdiv(c, block_c), cdiv(h * w, block_l)),
                     grad_output, dx, c, h * w, grad_output.stride(0), grad_output.stride(1),
                     dx.stride(0), dx.stride(1), sdx_l,
                     EVEN_L=(h * w) % block_l == 0, ACC=acc, BLOCK_C=block_c, BLOCK_L=block_l)
         else:
-            _launch(adaptive_avg_pool2d_bwd_kernel, (triton.cdiv(dx.numel(), BLOCK),),
+            _launch(adaptive_avg_pool2d_bwd_kernel, (cdiv(dx.numel(), BLOCK),),
                     grad_output, dx, dx.numel(), c, h, w, oh, ow, *grad_output.stride(), *dx.stride(),
                     MAX_COVER_H=_max_cover(h, oh), MAX_COVER_W=_max_cover(w, ow), ACC=acc,
                     CHANNELS_LAST=_channels_last(dx), BLOCK=BLOCK)
@@ -1357,7 +1357,7 @@ PROFILE_WORK = {
     **{k.__name__: _work(("x",), ("y",), _window_adds("y")) for k in _AVG_FWD},
     **{k.__name__: _work(("dy",), ("dx",), _window_adds("dy")) for k in _AVG_BWD},
     "global_avg_pool2d_fwd_kernel": _work(("x",), ("y",), lambda a: a["x"].numel(),
-                                          lambda a: triton.cdiv(a["L"], a["BLOCK_L"])),
+                                          lambda a: cdiv(a["L"], a["BLOCK_L"])),
     "global_avg_pool2d_bwd_kernel": _work(("dy",), ("dx",), lambda a: a["dy"].numel()),
     "adaptive_avg_pool2d_fwd_kernel": _work(("x",), ("y",), lambda a: a["x"].numel()),
     "adaptive_avg_pool2d_bwd_kernel": _work(("dy",), ("dx",), lambda a: a["dx"].numel()),

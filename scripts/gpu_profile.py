@@ -5,9 +5,9 @@ and put through a first-order throughput model. No GPU needed.
 1. Replay. For a table of layer shapes (the four models' layers at their recipe
    batch sizes, plus ResNet-style 3x3 layers L3/L4/L5) every Triton launcher
    behind torch.ops.cnnkern_triton.* is called on CPU tensors (torch.empty:
-   nothing runs) inside planning_for(arch, sm_count), with `wrap_triton`
-   replaced in each kernels module by a recorder: every launch's kernel, grid,
-   arguments and keyword arguments are captured as the launcher made them. A
+   nothing runs) inside planning_for(arch, sm_count), under
+   intercept_launches(record_launch): every launch's kernel, grid, arguments
+   and keyword arguments are captured as the launcher made them. A
    TorchDispatchMode records the torch ops the launcher runs itself (copies,
    fills, casts, reductions): on a GPU those are launches too ("torch" rows).
 2. Compile. Each Triton launch is bound and specialised by Triton's own JIT
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
 import dataclasses
 import functools
 import gzip
@@ -304,11 +305,6 @@ def _launchers() -> dict:
     return found
 
 
-def kernel_modules() -> list:
-    return [importlib.import_module(f"cnnkern.kernels.{info.name}")
-            for info in pkgutil.iter_modules(cnnkern.kernels.__path__)]
-
-
 class _ReplayState:
     events: list | None = None   # the current op's launches, in order
     arch: int = 90
@@ -317,19 +313,11 @@ class _ReplayState:
 _STATE = _ReplayState()
 
 
-class Recorder:
-    """Stands in for torch.library.wrap_triton in the kernels modules:
-    wrap_triton(kernel)[grid](*args, **kwargs) records instead of launching."""
-
-    def __init__(self, kernel):
-        self.kernel = kernel
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            if _STATE.events is None:
-                raise RuntimeError("a Triton launch outside a profiled op")
-            _STATE.events.append(dict(kind="triton", kernel=self.kernel, grid=grid, args=args, kwargs=kwargs))
-        return launch
+def record_launch(kernel, grid, args, kwargs):
+    """The intercept_launches hook (cnnkern.kernels._util): records a launch instead of running it."""
+    if _STATE.events is None:
+        raise RuntimeError("a Triton launch outside a profiled op")
+    _STATE.events.append(dict(kind="triton", kernel=kernel, grid=grid, args=args, kwargs=kwargs))
 
 
 # aten ops that move no data on a GPU (allocation, views, metadata).
@@ -1290,9 +1278,10 @@ def main(argv=None):
     cases = select_cases(args.shapes, args.dtypes, args.layouts)
     if not cases:
         sys.exit(f"no case matches --shapes {' '.join(args.shapes)} --dtypes {' '.join(args.dtypes)}")
-    originals = {module: module.wrap_triton for module in kernel_modules() if hasattr(module, "wrap_triton")}
-    for module in originals:
-        module.wrap_triton = Recorder
+    cnnkern._ops.load_triton()  # registers torch.ops.cnnkern_triton.*
+    from cnnkern.kernels import _util
+    recording = contextlib.ExitStack()
+    recording.enter_context(_util.intercept_launches(record_launch))
     archs = args.arch
     if args.measure:
         if not torch.cuda.is_available():
@@ -1307,8 +1296,7 @@ def main(argv=None):
     report(records, compiles, failures, done, gate=not args.no_gate, out=out)
     measured = []
     if args.measure:
-        for module, original in originals.items():
-            module.wrap_triton = original
+        recording.close()  # launch for real from here
         measured = measure(cases, records, out=out)
     out(f"\n{len(cases)} cases, {len(compiles)} compiles, {time.time() - start:.0f} s")
     if args.json:

@@ -20,6 +20,19 @@ import cnnkern  # noqa: E402
 if cnnkern._ops.triton_available():  # loaded on first use otherwise; tests reach torch.ops.cnnkern_triton directly
     cnnkern._ops.load_triton()
 
+
+
+@pytest.fixture(autouse=True)
+def _fresh_launch_plans():
+    """Each test starts with no recorded Triton launch plan (cnnkern/kernels/_util.py): one that
+    patches a launcher's helpers sees them run, and each test's first call runs the launcher's Python."""
+    if cnnkern._ops.triton_available():
+        from cnnkern.kernels import _util
+
+        _util.clear_plans()
+    yield
+
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 BACKEND_DEVICES = [(b, d) for d in DEVICES for b in cnnkern.available_backends(d)]
 IDS = [f"{b}-{d}" for b, d in BACKEND_DEVICES]

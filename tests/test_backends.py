@@ -9,6 +9,7 @@ import torch
 import cnnkern
 from cnnkern import _C
 from cnnkern import _ops
+from conftest import make_input
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -148,7 +149,8 @@ def test_batch_norm_bumps_the_version_of_the_buffers_it_updates(backend):
 
 @pytest.mark.skipif("triton" not in cnnkern.available_backends("cpu"), reason="needs triton and TRITON_INTERPRET=1")
 def test_triton_eager_calls_skip_the_op_layer(monkeypatch):
-    # Eager Triton calls are autograd.Functions over the launchers; torch.compile keeps the registered ops.
+    # Eager Triton conv (and BN) calls are autograd.Functions over the launchers (pooling: C++ nodes, below);
+    # torch.compile keeps the registered ops.
     x = torch.randn(2, 3, 6, 6, requires_grad=True)
     with cnnkern.use_backend("triton"):
         y = cnnkern.Conv2d(3, 4, 3)(x)
@@ -215,8 +217,57 @@ def test_pooling_entry_points_run_plain_calls_and_pass_the_rest_on(backend):
             _C.max_pool2d(torch.nn.Parameter(x.detach()).as_subclass(_Sub), 2, None, 0, 1, False, False),
         ]
         assert all(r is NotImplemented for r in passed_on), [r is NotImplemented for r in passed_on]
+
+
+_TRITON_CPU = "triton" in cnnkern.available_backends("cpu")
+
+
+@pytest.mark.skipif(not _TRITON_CPU, reason="needs triton and TRITON_INTERPRET=1")
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_pooling_entry_points_call_the_triton_launchers_with_a_cpp_node(layout):
+    # Once the Triton backend is loaded, cnnkern._C's entry points call its launchers (replaying
+    # their launch plans) and attach a C++ node whose backward calls the backward launchers: the
+    # same values and gradients as the registered ops, for every argument form they take.
+    _ops.ops_for("triton")  # loads the backend and hands cnnkern._C the launchers
+    op = torch.ops.cnnkern_triton
+    calls = [
+        (lambda x: _C.max_pool2d(x, 3, (2,), [1, 1], 1, True, True),
+         lambda x: op.max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], True, True), "MaxPool2D"),
+        (lambda x: _C.max_pool2d(x, 2, None, 0, 1, False, False),
+         lambda x: op.max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], False, False)[0], "MaxPool2D"),
+        (lambda x: _C.avg_pool2d(x, 2, None, 1, False, False, 3),
+         lambda x: op.avg_pool2d(x, [2, 2], [2, 2], [1, 1], False, False, 3), "AvgPool2D"),
+        (lambda x: _C.adaptive_avg_pool2d(x, (2, 3)), lambda x: op.adaptive_avg_pool2d(x, [2, 3]),
+         "AdaptiveAvgPool2D"),
+    ]
+    x0 = make_input((2, 3, 7, 7), torch.float64, "cpu", layout)
     with cnnkern.use_backend("triton"):
-        assert _C.max_pool2d(x, 2, None, 0, 1, False, False) is NotImplemented
+        for ours, registered, node in calls:
+            for unbatched in (False, True):
+                x = (x0[0] if unbatched else x0).detach().requires_grad_()
+                ref_x = x.detach().unsqueeze(0).requires_grad_() if unbatched else x.detach().requires_grad_()
+                for _ in range(2):  # the second call replays the recorded plans
+                    y, ref = ours(x), registered(ref_x)
+                    y, ref = (y, ref) if isinstance(y, tuple) else ((y,), (ref,))
+                    if unbatched:
+                        ref = tuple(r.squeeze(0) for r in ref)
+                    assert all(torch.equal(a, b) for a, b in zip(y, ref))
+                    fn = y[0].grad_fn.next_functions[0][0] if unbatched else y[0].grad_fn  # past the squeeze
+                    assert fn.name() == f"CnnkernTriton{node}Backward"
+                    grad = torch.randn_like(y[0])
+                    (dx,) = torch.autograd.grad(y[0], x, grad)
+                    (ref_dx,) = torch.autograd.grad(ref[0], ref_x, grad)
+                    assert torch.equal(dx, ref_dx.squeeze(0) if unbatched else ref_dx)
+                with torch.no_grad():
+                    out = ours(x)
+                assert (out[0] if isinstance(out, tuple) else out).grad_fn is None
+        # create_graph=True: the backward launchers are not differentiable in the incoming gradient,
+        # and a second backward through one says so (dx does not depend on x but through the argmax)
+        x = x0.detach().requires_grad_()
+        y = _C.max_pool2d(x, 2, None, 0, 1, False, False)
+        (dx,) = torch.autograd.grad(y, x, torch.ones_like(y, requires_grad=True), create_graph=True)
+        with pytest.raises(RuntimeError, match="CnnkernTritonMaxPool2DBackward"):
+            dx.sum().backward()
 
 
 class _Sub(torch.Tensor):

@@ -282,46 +282,38 @@ def test_module_is_one_op_per_pass(backend_device, training, monkeypatch):
 
 
 class _CountLaunches:
-    """Stands in for torch.library.wrap_triton in cnnkern.kernels.batch_norm: counts, then launches."""
+    """An intercept_launches hook (cnnkern.kernels._util): counts each launch by kernel name, then runs it."""
 
-    def __init__(self, real):
-        self.real, self.names, self.log = real, [], None
+    def __init__(self):
+        self.names, self.log = [], None
 
-    def __call__(self, kernel):
-        outer = self
+    def __call__(self, kernel, grid, args, kwargs):
+        from cnnkern.kernels import _util
 
-        class Launcher:
-            def __getitem__(self, grid):
-                outer.names.append(kernel.__name__)
-
-                def launch(*args, **kwargs):
-                    if outer.log is not None:
-                        outer.log.paused = True
-                    try:
-                        return outer.real(kernel)[grid](*args, **kwargs)
-                    finally:
-                        if outer.log is not None:
-                            outer.log.paused = False
-
-                return launch
-
-        return Launcher()
+        self.names.append(kernel.__name__)
+        if self.log is not None:
+            self.log.paused = True
+        try:
+            return _util.run_launch(kernel, grid, args, kwargs)
+        finally:
+            if self.log is not None:
+                self.log.paused = False
 
 
 @pytest.mark.skipif(not TRITON, reason="the triton backend is not available")
 @pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_triton_launches_at_most_three_per_pass(monkeypatch, layout, dtype):
+def test_triton_launches_at_most_three_per_pass(layout, dtype):
+    from cnnkern.kernels import _util
     from cnnkern.kernels import batch_norm as kernels
 
     _, device = TRITON[0]
-    counter = _CountLaunches(kernels.wrap_triton)
-    monkeypatch.setattr(kernels, "wrap_triton", counter)
+    counter = _CountLaunches()
     bn = cnnkern.BatchNormReLU2d(6).to(device)
     bn.weight.data, bn.bias.data = bn.weight.data.to(torch.bfloat16), bn.bias.data.to(torch.bfloat16)
     x = make_input((3, 6, 5, 4), dtype, device, layout).requires_grad_()
     grad = torch.ones_like(x)
-    with cnnkern.use_backend("triton"):
+    with cnnkern.use_backend("triton"), _util.intercept_launches(counter):
         with _OpLog() as inner:  # inside the op: allocations only, no casts, fills or copies
             counter.log = inner
             y, mean, var = kernels.batch_norm_relu._init_fn(x.detach(), bn.weight, bn.bias, bn.running_mean,

@@ -346,21 +346,12 @@ def test_triton_max_pool2d_schema_and_autograd_registration():
     assert op.max_pool2d(x.detach(), *geometry)[1].dtype == torch.uint8  # the flag defaults to False
 
 
-def _planned_launches(monkeypatch, call):
+def _planned_launches(call):
     """The Triton launches `call` makes when planned for an H100, recorded instead of run."""
     from cnnkern.kernels import _util
     from cnnkern.kernels import pool2d as P
     launches = []
-
-    class Recorder:
-        def __init__(self, kernel):
-            self.kernel = kernel
-
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: launches.append((self.kernel, grid, args, kwargs))
-
-    monkeypatch.setattr(P, "wrap_triton", Recorder)
-    with _util.planning_for(90, 132):
+    with _util.intercept_launches(lambda *launch: launches.append(launch)), _util.planning_for(90, 132):
         call(P)
     return [(k.__name__, grid, dict(zip(k.arg_names, args), **kwargs)) for k, grid, args, kwargs in launches]
 
@@ -392,7 +383,7 @@ def test_gpu_launches_take_the_fast_paths(monkeypatch, layout, dtype, fwd, bwd, 
             y, taps = P.max_pool2d(x, *geometry, return_indices)
             P.max_pool2d_backward(torch.empty_like(y), x, taps, *geometry)
 
-    launches = _planned_launches(monkeypatch, call)
+    launches = _planned_launches(call)
     assert [name for name, _, _ in launches] == [fwd + "_kernel", bwd + "_kernel"] * 2
     for i, (name, grid, args) in enumerate(launches):
         flat = i >= 2
@@ -426,7 +417,7 @@ def test_every_pool_kernel_has_a_profile_entry(monkeypatch):
             y = P.adaptive_avg_pool2d(x, size)
             P.adaptive_avg_pool2d_backward(torch.empty_like(y), x)
 
-    for name, grid, args in _planned_launches(monkeypatch, call):
+    for name, grid, args in _planned_launches(call):
         work = P.PROFILE_WORK[name](args, grid)
         reads, writes = ("dy", "dx") if "dy" in args else ("x", "y")
         assert work["bytes"] == _bytes(args[reads], args[writes]) and work["flops"] > 0, name

@@ -93,14 +93,6 @@ Tensor conv2d_autograd(const Tensor& input, const Tensor& weight, const OptTenso
 // more per call (its context, boxed saved data and output wrapping), which on a
 // small CPU tensor is as much as the kernel.
 
-// The input's gradient edge goes to `node`, `output` gets `node` as its grad_fn (once the
-// node holds what it saves: creation hooks see it whole).
-void attach(const NodePtr& node, const Tensor& input, const Tensor& output) {
-  node->set_next_edges(torch::autograd::collect_next_edges(input));
-  torch::autograd::set_history(output, node);
-  node_attached(node);
-}
-
 // A backward op called from a graph node: below autograd unless the backward pass
 // itself records (create_graph=True), where the dispatcher's fallback marks the
 // result as not differentiable twice rather than silently constant.
