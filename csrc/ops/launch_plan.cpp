@@ -167,8 +167,10 @@ PyObject* replay_plan(PyObject* capsule, PyObject* const* args, Py_ssize_t n) {
       PyTuple_SET_ITEM(values, position, slots[slot]);
     }
     PyObject* result = nullptr;
-    if (g_launch_hook) {
-      result = PyObject_CallFunctionObjArgs(g_launch_hook, l.kernel, l.grid, values, l.kwargs, nullptr);
+    if (PyObject* hook = g_launch_hook) {  // held: the hook may replace itself
+      Py_INCREF(hook);
+      result = PyObject_CallFunctionObjArgs(hook, l.kernel, l.grid, values, l.kwargs, nullptr);
+      Py_DECREF(hook);
     } else if (PyObject* run = PyObject_GetAttrString(l.kernel, "run")) {
       result = PyObject_Call(run, values, l.run_kwargs);
       Py_DECREF(run);
@@ -206,7 +208,12 @@ PyObject* call_launcher(PyObject* launcher, PyObject* plans, const std::vector<P
     if (!key) return nullptr;
     PyObject* plan = key == Py_None ? nullptr : PyDict_GetItemWithError(plans, key);  // borrowed
     Py_DECREF(key);
-    if (plan && plan != Py_None) return replay_plan(plan, args.data(), n);
+    if (plan && plan != Py_None) {
+      Py_INCREF(plan);  // a launch runs Python, which may clear the plans dict
+      PyObject* out = replay_plan(plan, args.data(), n);
+      Py_DECREF(plan);
+      return out;
+    }
     if (PyErr_Occurred()) return nullptr;
   }
   return PyObject_Vectorcall(launcher, args.data(), static_cast<size_t>(n), nullptr);
