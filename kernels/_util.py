@@ -136,9 +136,8 @@ def launch(kernel, grid, *args, **kwargs):
     """Every Triton launch cnnkern makes goes through here. Under tracing (torch.compile, make_fx:
     wrap_triton enabled) the kernel is wrapped so the trace captures it; with real tensors it is
     called directly. A launch plan being recorded sees it, and so does an intercept_launches hook."""
-    recording = getattr(_thread, "recording", None)
-    if recording:
-        recording[-1].launches.append((kernel, grid, args, kwargs))
+    if _thread.recording:
+        _thread.recording[-1].launches.append((kernel, grid, args, kwargs))
     if _launch_hook is not None:
         return _launch_hook(kernel, grid, args, kwargs)
     return run_launch(kernel, grid, args, kwargs)
@@ -172,7 +171,12 @@ def intercept_launches(hook):
 # other tensor (a view, a result of some other op) is not replayable and always runs the launcher;
 # so is one that launches nothing (its work, if any, was not a kernel).
 
-_thread = threading.local()  # .recording: this thread's recordings in progress (the innermost last)
+class _ThreadState(threading.local):
+    def __init__(self):
+        self.recording = []  # this thread's recordings in progress, the innermost last
+
+
+_thread = _ThreadState()
 _MAX_PLANS = 256  # per launcher; a training run sees a handful of shapes per layer
 
 
@@ -183,18 +187,16 @@ class _Recording:
 
 def fresh(t: torch.Tensor) -> torch.Tensor:
     """Declare t an uninitialised allocation of the launcher, which a plan may redo with empty_strided."""
-    recording = getattr(_thread, "recording", None)
-    if recording:
-        recording[-1].steps.append((t, (t.shape, t.stride(), t.dtype, t.device)))
+    if _thread.recording:
+        _thread.recording[-1].steps.append((t, (t.shape, t.stride(), t.dtype, t.device)))
     return t
 
 
 def contiguous(t: torch.Tensor, memory_format=torch.contiguous_format) -> torch.Tensor:
     """t.contiguous(memory_format=...), as a step a plan redoes (nothing to redo when t already was)."""
     out = t.contiguous(memory_format=memory_format)
-    recording = getattr(_thread, "recording", None)
-    if recording and out is not t:
-        recording[-1].steps.append((out, (t, memory_format)))
+    if _thread.recording and out is not t:
+        _thread.recording[-1].steps.append((out, (t, memory_format)))
     return out
 
 
@@ -280,9 +282,7 @@ def _eager_entry(guarded, plans_on: bool):
         try:
             if key is None:
                 return guarded(*args)
-            stack = getattr(_thread, "recording", None)
-            if stack is None:
-                stack = _thread.recording = []
+            stack = _thread.recording
             stack.append(_Recording())
             try:
                 output = guarded(*args)

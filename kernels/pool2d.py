@@ -61,7 +61,8 @@ import triton.language as tl
 from torch.library import triton_op
 
 from .._shapes import empty_like_format, memory_format_of, pool2d_output_shape
-from ._util import cdiv, check_int32_indexable, contiguous, fresh, launch, launcher, position as _position, target_for
+from ._util import (cdiv, check_int32_indexable, contiguous, fresh, launch, launcher, next_power_of_2,
+                    position as _position, target_for)
 
 BLOCK = 256  # flat (adaptive) kernels: elements per program
 
@@ -956,10 +957,6 @@ def _channels_last(t: torch.Tensor) -> bool:
     return t.stride(1) == 1 and t.shape[1] > 1
 
 
-def _pow2_ceil(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
-
-
 def _pow2_dividing(n: int, cap: int) -> int:
     return min(n & -n, cap)
 
@@ -1009,7 +1006,7 @@ def _nhwc_vec(*tensors: torch.Tensor) -> int:
 
 def _nhwc_blocks(t: torch.Tensor, channels: int, vec: int, in_flight: int, width: int = 0) -> tuple[int, int]:
     cap = 16 if target_for(t).interpreted else 128
-    block_c = min(_pow2_ceil(channels), cap)
+    block_c = min(next_power_of_2(channels), cap)
     return max(1, _tile_elements(t, in_flight, vec, width) // block_c), block_c
 
 
@@ -1019,12 +1016,12 @@ def _strip_blocks(t: torch.Tensor, ow: int, kw: int, in_flight: int) -> tuple[in
     cap = 4 if target_for(t).interpreted else 64
     block_ow = _pow2_dividing(ow, cap)
     if block_ow < min(ow, 4):
-        block_ow = min(_pow2_ceil(ow), cap)
+        block_ow = min(next_power_of_2(ow), cap)
     return max(1, _tile_elements(t, in_flight) // (block_ow * kw)), block_ow, ow % block_ow == 0
 
 
 def _rows_blocks(t: torch.Tensor, width: int, in_flight: int) -> tuple[int, int]:
-    block_w = min(_pow2_ceil(width), 8 if target_for(t).interpreted else 64)
+    block_w = min(next_power_of_2(width), 8 if target_for(t).interpreted else 64)
     return max(1, _tile_elements(t, in_flight) // block_w), block_w
 
 
@@ -1066,14 +1063,14 @@ def _block(size: int, cap: int) -> int:
     """A power-of-two tile extent along one dimension: the largest dividing size (no masked lanes), or
     for an odd size the next power of two (masked)."""
     b = _pow2_dividing(size, cap)
-    return min(_pow2_ceil(size), cap) if b == 1 and size > 1 else b
+    return min(next_power_of_2(size), cap) if b == 1 and size > 1 else b
 
 
 def _pixel_blocks(n: int, h: int, w: int, block_p: int) -> tuple[dict, int]:
     """[BN, BOH, BOW] pixels of a channels_last tile of about block_p pixels, and the grid size it needs."""
     bw = _block(w, block_p)
     bh = _block(h, max(1, block_p // bw))
-    bn = min(_pow2_ceil(n), max(1, block_p // (bw * bh)))
+    bn = min(next_power_of_2(n), max(1, block_p // (bw * bh)))
     programs = cdiv(n, bn) * cdiv(h, bh) * cdiv(w, bw)
     return dict(BN=bn, BOH=bh, BOW=bw, BLOCK_P=bn * bh * bw), programs
 
@@ -1081,7 +1078,7 @@ def _pixel_blocks(n: int, h: int, w: int, block_p: int) -> tuple[dict, int]:
 def _plane_blocks(planes: int, oh: int, block_r: int) -> tuple[dict, int]:
     """[BPL planes, BOH rows] of a strip tile of about block_r rows, and the grid size along rows."""
     bh = _block(oh, block_r)
-    bpl = min(_pow2_ceil(planes), max(1, block_r // bh))
+    bpl = min(next_power_of_2(planes), max(1, block_r // bh))
     return dict(BPL=bpl, BOH=bh, BLOCK_R=bpl * bh), cdiv(planes, bpl) * cdiv(oh, bh)
 
 
@@ -1275,12 +1272,12 @@ def _global_blocks(t: torch.Tensor, channels: int, plane: int, plane_stride: int
     """(BLOCK_C, BLOCK_L): along the contiguous dimension first, then enough programs to fill the GPU."""
     target, tile = target_for(t), _tile_elements(t)
     if plane_stride == 1:
-        block_l = min(_pow2_ceil(plane), 16 if target.interpreted else 512)
+        block_l = min(next_power_of_2(plane), 16 if target.interpreted else 512)
         block_c, floor_c = max(1, tile // block_l), 1
     else:
-        block_c = min(_pow2_ceil(channels), 16 if target.interpreted else 64)
-        block_l, floor_c = max(1, min(_pow2_ceil(plane), tile // block_c)), 8
-    block_c = min(block_c, _pow2_ceil(channels))
+        block_c = min(next_power_of_2(channels), 16 if target.interpreted else 64)
+        block_l, floor_c = max(1, min(next_power_of_2(plane), tile // block_c)), 8
+    block_c = min(block_c, next_power_of_2(channels))
     while block_c > floor_c and programs_per_c * cdiv(channels, block_c) < 2 * target.sm_count:
         block_c //= 2
     return block_c, block_l

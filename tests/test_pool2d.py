@@ -374,7 +374,7 @@ def _bytes(*tensors):
     # a strided input takes the general forward; its gradient is a fresh contiguous tensor: the strip backward
     ("strided", torch.bfloat16, "max_pool2d_fwd_rows", "max_pool2d_bwd_strip", dict(INSIDE=True)),
 ])
-def test_gpu_launches_take_the_fast_paths(monkeypatch, layout, dtype, fwd, bwd, flags):
+def test_gpu_launches_take_the_fast_paths(layout, dtype, fwd, bwd, flags):
     x = _empty((8, 64, 32, 64), dtype, layout)
     geometry = ([2, 2], [2, 2], [0, 0], [1, 1], False)
 
@@ -399,7 +399,7 @@ def test_gpu_launches_take_the_fast_paths(monkeypatch, layout, dtype, fwd, bwd, 
 
 
 @pytest.mark.skipif("triton" not in cnnkern.available_backends("cpu"), reason="needs triton")
-def test_every_pool_kernel_has_a_profile_entry(monkeypatch):
+def test_every_pool_kernel_has_a_profile_entry():
     import triton
 
     from cnnkern.kernels import pool2d as P

@@ -1,6 +1,8 @@
 // See launch_plan.h. Everything here runs under the GIL.
 #include "launch_plan.h"
 
+#include "py_args.h"
+
 #include <torch/csrc/Device.h>
 #include <torch/csrc/Dtype.h>
 #include <torch/csrc/Exceptions.h>
@@ -20,22 +22,11 @@ namespace {
 PyObject* g_launch_hook = nullptr;  // _util.intercept_launches: hook(kernel, grid, args, kwargs) instead of run
 bool g_plans_enabled = true;        // off while _util.planning_for plans for another GPU
 
-bool exact_int64(PyObject* o, int64_t* out) {
-  if (!PyLong_CheckExact(o)) return false;
-  int overflow = 0;
-  *out = PyLong_AsLongLongAndOverflow(o, &overflow);
-  if (overflow || (*out == -1 && PyErr_Occurred())) {
-    PyErr_Clear();
-    return false;
-  }
-  return true;
-}
-
 bool int_vector(PyObject* o, std::vector<int64_t>& out) {
   if (!PyTuple_Check(o)) return false;  // torch.Size is a tuple
   out.resize(PyTuple_GET_SIZE(o));
   for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(o); ++i)
-    if (!exact_int64(PyTuple_GET_ITEM(o, i), &out[i])) return false;
+    if (!exact_int(PyTuple_GET_ITEM(o, i), &out[i])) return false;
   return true;
 }
 
@@ -94,7 +85,7 @@ PyObject* plan_key_of(PyObject* const* args, Py_ssize_t n) {
       put('N');
     } else if (PyBool_Check(o)) {
       put(o == Py_True ? 'T' : 'F');
-    } else if (exact_int64(o, &v)) {
+    } else if (exact_int(o, &v)) {
       put('I'), put(v);
     } else if (PyFloat_CheckExact(o)) {
       const double d = PyFloat_AS_DOUBLE(o);
@@ -235,7 +226,7 @@ PyObject* py_native_plan(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     return type_error(usage);
   auto plan = std::make_unique<NativePlan>();
   int64_t v = 0;
-  if (!exact_int64(args[0], &v)) return type_error(usage);
+  if (!exact_int(args[0], &v)) return type_error(usage);
   plan->nargs = v;
   for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(args[1]); ++i) {
     PyObject* s = PyTuple_GET_ITEM(args[1], i);
@@ -248,7 +239,7 @@ PyObject* py_native_plan(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       step.options = at::TensorOptions()
                          .dtype(reinterpret_cast<THPDtype*>(dtype)->scalar_type)
                          .device(reinterpret_cast<THPDevice*>(device)->device);
-    } else if (PyTuple_Check(s) && PyTuple_GET_SIZE(s) == 3 && exact_int64(PyTuple_GET_ITEM(s, 1), &v) &&
+    } else if (PyTuple_Check(s) && PyTuple_GET_SIZE(s) == 3 && exact_int(PyTuple_GET_ITEM(s, 1), &v) &&
                THPMemoryFormat_Check(PyTuple_GET_ITEM(s, 2))) {
       step.alloc = false;
       step.source = static_cast<int>(v);
@@ -268,8 +259,8 @@ PyObject* py_native_plan(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(subs); ++j) {
       PyObject* sub = PyTuple_GET_ITEM(subs, j);
       int64_t position = 0, slot = 0;
-      if (!PyTuple_Check(sub) || PyTuple_GET_SIZE(sub) != 2 || !exact_int64(PyTuple_GET_ITEM(sub, 0), &position) ||
-          !exact_int64(PyTuple_GET_ITEM(sub, 1), &slot))
+      if (!PyTuple_Check(sub) || PyTuple_GET_SIZE(sub) != 2 || !exact_int(PyTuple_GET_ITEM(sub, 0), &position) ||
+          !exact_int(PyTuple_GET_ITEM(sub, 1), &slot))
         return type_error("native_plan: a substitution is (position, slot)");
       launch.subs.emplace_back(static_cast<int>(position), static_cast<int>(slot));
     }
@@ -286,14 +277,13 @@ PyObject* py_native_plan(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
       Py_INCREF(*field);
     }
     plan->launches.push_back(std::move(launch));
-    launch = Launch();  // moved-from: nothing left to release
   }
   for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(args[3]); ++i) {
-    if (!exact_int64(PyTuple_GET_ITEM(args[3], i), &v)) return type_error("native_plan: outputs are slots");
+    if (!exact_int(PyTuple_GET_ITEM(args[3], i), &v)) return type_error("native_plan: outputs are slots");
     plan->outputs.push_back(static_cast<int>(v));
   }
   plan->single = PyObject_IsTrue(args[4]) == 1;
-  if (!exact_int64(args[5], &v)) return type_error(usage);
+  if (!exact_int(args[5], &v)) return type_error(usage);
   if (v >= 0) plan->device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(v));
   PyObject* capsule = PyCapsule_New(plan.get(), kCapsule, &delete_plan);
   if (capsule) plan.release();

@@ -29,8 +29,6 @@
 #include <Python.h>
 
 #include <array>
-#include <cstring>
-#include <string>
 #include <mutex>
 #include <optional>
 #include <vector>
@@ -39,6 +37,7 @@
 #include "graph_node.h"
 #include "launch_plan.h"
 #include "op_handles.h"
+#include "py_args.h"
 
 namespace cnnkern {
 namespace {
@@ -81,13 +80,6 @@ int namespace_for(const at::Tensor& t) {
     default:
       return -1;
   }
-}
-
-bool exact_int(PyObject* o, int64_t* out) {
-  if (!PyLong_CheckExact(o)) return false;  // bool, float, numpy ints: the Python path reads them as torch does
-  int overflow = 0;
-  *out = PyLong_AsLongLongAndOverflow(o, &overflow);
-  return overflow == 0 && !(*out == -1 && PyErr_Occurred());
 }
 
 // An int, or a tuple/list of one or two exact ints (one stands for both), as torch's int[2].
@@ -209,18 +201,16 @@ struct TritonPoolBackward : torch::autograd::Node {
     const at::Tensor input = input_.unpack(self), taps = fn == kMaxBwd ? taps_.unpack(self) : at::Tensor();
     {
       pybind11::gil_scoped_acquire gil;
-      PyObject* g = THPVariable_Wrap(grads[0]);
-      PyObject* x = THPVariable_Wrap(input);
-      PyObject* out =
-          fn == kMaxBwd ? call_python(fn, {g, x, THPVariable_Wrap(taps), pair_tuple(kernel),
-                                                     pair_tuple(stride), pair_tuple(padding), pair_tuple(dilation),
-                                                     py_bool(ceil_mode)})
-          : fn == kAvgBwd
-              ? call_python(fn, {g, x, pair_tuple(kernel), pair_tuple(stride), pair_tuple(padding),
-                                           py_bool(ceil_mode), py_bool(count_include_pad),
-                                           divisor_override ? PyLong_FromLongLong(*divisor_override)
-                                                            : new_ref(Py_None)})
-              : call_python(fn, {g, x});
+      std::vector<PyObject*> args{THPVariable_Wrap(grads[0]), THPVariable_Wrap(input)};  // adaptive: all
+      if (fn == kMaxBwd) {
+        args.insert(args.end(), {THPVariable_Wrap(taps), pair_tuple(kernel), pair_tuple(stride), pair_tuple(padding),
+                                 pair_tuple(dilation), py_bool(ceil_mode)});
+      } else if (fn == kAvgBwd) {
+        args.insert(args.end(), {pair_tuple(kernel), pair_tuple(stride), pair_tuple(padding), py_bool(ceil_mode),
+                                 py_bool(count_include_pad),
+                                 divisor_override ? PyLong_FromLongLong(*divisor_override) : new_ref(Py_None)});
+      }
+      PyObject* out = call_python(fn, args);
       if (!out) {
         python_error err;
         err.persist();
@@ -263,14 +253,14 @@ PyObject* triton_pool(TritonFn fn, PyObject* input_obj, const at::Tensor& input,
   }
   if (!unbatched_input && (!max_pool || return_indices)) return out;
   if (!return_indices) {  // the output alone
-    PyObject* only = THPVariable_Wrap(unbatched_input ? y.squeeze(0) : y);
+    PyObject* only = THPVariable_Wrap(unbatched(input, y));
     Py_DECREF(out);
     return only;
   }
   PyObject* pair = PyTuple_New(2);
   if (pair) {
-    PyTuple_SET_ITEM(pair, 0, THPVariable_Wrap(y.squeeze(0)));
-    PyTuple_SET_ITEM(pair, 1, THPVariable_Wrap(THPVariable_Unpack(PyTuple_GET_ITEM(out, 1)).squeeze(0)));
+    PyTuple_SET_ITEM(pair, 0, THPVariable_Wrap(unbatched(input, y)));
+    PyTuple_SET_ITEM(pair, 1, THPVariable_Wrap(unbatched(input, THPVariable_Unpack(PyTuple_GET_ITEM(out, 1)))));
   }
   Py_DECREF(out);
   return pair;
