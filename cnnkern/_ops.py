@@ -205,9 +205,12 @@ def _conv2d_setup_context(ctx, inputs, output):
 
 
 def _conv2d_backward_for(ns):
+    from .kernels.conv2d import backward_grad_output
+
     def backward(ctx, grad):
         input, weight = ctx.saved_tensors
         need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+        grad = backward_grad_output(grad, weight, ctx.geometry[3], need_input, need_weight)
         grad_input = ns.conv2d_backward_input(grad, input, weight, *ctx.geometry) if need_input else None
         grad_weight = ns.conv2d_backward_weight(grad, input, weight, *ctx.geometry) if need_weight else None
         grad_bias = ns.conv2d_backward_bias(grad) if ctx.has_bias and need_bias else None

@@ -23,9 +23,11 @@ Two families, chosen per pass by shape (`_BLOCKED_MIN_CHANNELS`):
   activations whose channel stride is not 1 (NCHW) are copied to channels_last
   first (one read and one write of the tensor, small beside the GEMM, and what
   lets every load of the main loop be a vector), and the weight is packed once
-  per call so that its reduction dimension is contiguous too: (K, R, S, C/g)
-  for the forward pass (a no-op for a channels_last weight) and
-  (g, C/g, R, S, K/g) for the input gradient. Outputs are written through
+  per call so that one tap's channels are contiguous too: (K, R, S, C/g) for
+  the forward pass, and for the input gradient the same layout read with
+  input channels as the contiguous GEMM N (16-bit) or (g, C/g, R, S, K/g)
+  (fp32: TF32 MMAs want B K-major). A channels_last weight needs no pack for
+  the forward and the 16-bit input gradient. Outputs are written through
   their strides in torch's memory format.
   - The input gradient is a gather, one sub-problem per stride phase: input
     pixels h ≡ ph (mod stride) are reached only through the taps r with
@@ -34,10 +36,12 @@ Two families, chosen per pass by shape (`_BLOCKED_MIN_CHANNELS`):
     loaded (program_id(2) is the phase).
   - The weight gradient gives each program one tap and BLOCK_N channels of it,
     and splits the N·P·Q reduction over program_id(2), sized from the SM
-    count. Splits meet through relaxed fp32 atomics, or, when
-    torch.are_deterministic_algorithms_enabled(), through per-split partials
-    summed in a fixed order by the finalize kernel, which also casts to the
-    weight's dtype and writes its memory format.
+    count. One split stores dw itself (cast, in the weight's memory format).
+    More splits meet through relaxed atomics into the zeroed dw when it is
+    fp32 (fp64) and determinism is not asked for, else through per-split
+    fp32 partials summed in a fixed order by the finalize kernel, which casts
+    and writes the memory format: one launch, or two (_SplitOutput). The bias
+    gradient's row-chunked sum follows the same rule (partials only).
 * Flattened (first layers: 1 to 15 channels in the reduction, depthwise and
   other thin groups). The reduction index runs over (c, r, s) together, so a
   1- or 3-channel 5×5 layer fills a BLOCK_K of 16 with 16 real products
@@ -230,6 +234,16 @@ def _mma(a, b, acc, DOT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr):
 
 
 @triton.jit
+def _write(dst, acc, mask, ATOMIC: tl.constexpr):
+    # A split reduction's result: relaxed atomic adds into a zeroed buffer of
+    # the accumulator's dtype, or a plain store cast to the destination's.
+    if ATOMIC:
+        tl.atomic_add(dst, acc, mask=mask, sem="relaxed")
+    else:
+        tl.store(dst, acc.to(dst.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def conv2d_fwd_blocked_kernel(
     x, w, bias, y,
     H, W, P, Q, C_G, K_G,
@@ -316,7 +330,7 @@ def _first_tap(phase, pad, dil, stride, TAPS: tl.constexpr):
 def conv2d_dgrad_blocked_kernel(
     dy, w, dx,
     H, W, P, Q, C_G, K_G,
-    sdy_n, sdy_p, sdy_q, sdx_n, sdx_c, sdx_h, sdx_w,
+    sdy_n, sdy_p, sdy_q, sdx_n, sdx_c, sdx_h, sdx_w, sw_g, sw_k, sw_c, sw_r, sw_s,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     HS, WS, STEP_R, STEP_S,
     GEMM_M, TUNE_N, TUNE_K, TUNE_M, TUNE_ARCH,
@@ -324,7 +338,8 @@ def conv2d_dgrad_blocked_kernel(
     DOT_IN_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    # dy: channel stride 1; w: packed (G, C_G, R, S, K_G), reduction contiguous.
+    # dy: channel stride 1; w: (G, K_G, C_G, R, S) strides sw_*, with sw_k == 1
+    # (packed, reduction contiguous) or sw_c == 1 (a channels_last weight).
     # Phase (ph, pw) owns input pixels (ph + i·stride_h, pw + j·stride_w); its
     # taps are r = r0, r0 + STEP_R, ... (STEP_R = stride_h / gcd(stride_h, dil_h)),
     # and tap r reads output row p = i + (ph + pad_h - r·dil_h) / stride_h exactly.
@@ -352,10 +367,10 @@ def conv2d_dgrad_blocked_kernel(
     dy_row = img * sdy_n + i * sdy_p + j * sdy_q
     i_row = tl.where(m_ok, i, -(1 << 30))  # rows outside the phase fail the bounds test below
     dy_base = dy + g * K_G
-    # Columns: this group's input channels, each a contiguous row of the packed weight.
+    # Columns: this group's input channels.
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < C_G
-    w_col = (g * C_G + offs_n) * (R * S * K_G)
+    w_col = g * sw_g + offs_n * sw_c
     offs_k = tl.arange(0, BLOCK_K)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
@@ -366,7 +381,7 @@ def conv2d_dgrad_blocked_kernel(
     dp = p_first
     dq = q_first
     dy_tap = p_first * sdy_p + q_first * sdy_q
-    w_tap = (r0 * S + s0) * K_G
+    w_tap = r0 * sw_r + s0 * sw_s
     for _ in range(0, n_r * n_s * tl.cdiv(K_G, BLOCK_K)):
         row_ok = _inside(i_row + dp, j + dq, P, Q)
         ks = k0 + offs_k
@@ -377,7 +392,7 @@ def conv2d_dgrad_blocked_kernel(
             a_ok = row_ok[:, None] & (ks < K_G)[None, :]
             b_ok = (ks < K_G)[:, None] & n_ok[None, :]
         a = tl.load(dy_base + (dy_row + dy_tap)[:, None] + ks[None, :], mask=a_ok, other=0.0)
-        b = tl.load(w + (w_col + w_tap)[None, :] + ks[:, None], mask=b_ok, other=0.0)
+        b = tl.load(w + (w_col + w_tap)[None, :] + (ks * sw_k)[:, None], mask=b_ok, other=0.0)
         acc = _mma(a, b, acc, DOT_PRECISION, DOT_IN_FP32)
         k0 += BLOCK_K
         next_tap = k0 >= K_G
@@ -392,7 +407,7 @@ def conv2d_dgrad_blocked_kernel(
         r = tl.where(next_row, r + STEP_R, r)
         dp = tl.where(next_row, dp - p_step, dp)
         dy_tap = dp * sdy_p + dq * sdy_q
-        w_tap = (r * S + s) * K_G
+        w_tap = r * sw_r + s * sw_s
 
     dx_ptrs = dx + (img * sdx_n + h * sdx_h + wi * sdx_w)[:, None] + ((g * C_G + offs_n) * sdx_c)[None, :]
     tl.store(dx_ptrs, acc.to(dx.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
@@ -400,9 +415,9 @@ def conv2d_dgrad_blocked_kernel(
 
 @triton.jit
 def conv2d_wgrad_blocked_kernel(
-    dy, x, part,
+    dy, x, out,
     H, W, P, Q, C_G, K_G,
-    sdy_n, sdy_p, sdy_q, sx_n, sx_h, sx_w,
+    sdy_n, sdy_p, sdy_q, sx_n, sx_h, sx_w, so_split, so_k, so_c, so_r, so_s,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     NPQ, SPLIT_PIX, TUNE_N, TUNE_K, TUNE_M, TUNE_ARCH,
     R: tl.constexpr, S: tl.constexpr, TAP_CHANNELS: tl.constexpr, ATOMIC: tl.constexpr, DY_FLAT: tl.constexpr,
@@ -411,7 +426,8 @@ def conv2d_wgrad_blocked_kernel(
 ):
     # dy, x: channel stride 1 (DY_FLAT: dy channels_last contiguous, so pixel
     # i's channels start at i·sdy_q and dy needs no pixel decoding).
-    # part: fp32 (splits, G·K_G, R·S·C_G) in (r, s, c) order.
+    # out: dw itself (one split, or the splits' atomic adds) or this split's
+    # slice (so_split apart) of the fp32 partials; (k, c, r, s) strides so_*.
     # A program owns output channels [BLOCK_M) x BLOCK_N columns of the
     # (r, s, c) axis, and SPLIT_PIX consecutive output pixels of the reduction
     # (a multiple of every BLOCK_K, so the split does not depend on the tile).
@@ -487,14 +503,9 @@ def conv2d_wgrad_blocked_kernel(
         p = tl.where(carry, p - P, p)
         img += step_n + carry.to(tl.int32)
 
-    kred = R * S * C_G
-    split = 0 if ATOMIC else tl.program_id(2)
-    out = part + split * (tl.num_programs(1) * K_G * kred) + (g * K_G + offs_m)[:, None] * kred \
-        + (tap * C_G + offs_c)[None, :]
-    if ATOMIC:
-        tl.atomic_add(out, acc, mask=m_ok[:, None] & c_ok[None, :], sem="relaxed")
-    else:
-        tl.store(out, acc, mask=m_ok[:, None] & c_ok[None, :])
+    dst = out + tl.program_id(2) * so_split + ((g * K_G + offs_m) * so_k)[:, None] \
+        + (offs_c * so_c + r * so_r + s * so_s)[None, :]
+    _write(dst, acc, m_ok[:, None] & c_ok[None, :], ATOMIC)
 
 
 # ----------------------------------------------------------------------------- flattened kernels (first layers)
@@ -601,16 +612,16 @@ def conv2d_dgrad_flat_kernel(
 
 @triton.jit
 def conv2d_wgrad_flat_kernel(
-    dy, x, part,
+    dy, x, out,
     H, W, P, Q,
-    sdy_n, sdy_k, sdy_p, sdy_q, sx_n, sx_c, sx_h, sx_w,
+    sdy_n, sdy_k, sdy_p, sdy_q, sx_n, sx_c, sx_h, sx_w, so_split, so_k, so_c, so_r, so_s,
     stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
     GEMM_M, GEMM_N, GEMM_K, SPLIT_PIX, TUNE_N, TUNE_K, TUNE_M, TUNE_ARCH,
     R: tl.constexpr, S: tl.constexpr, ATOMIC: tl.constexpr, ACC: tl.constexpr, DOT_PRECISION: tl.constexpr,
     DOT_IN_FP32: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
-    # part: fp32 (splits, G·K_G, C_G·R·S) in (c, r, s) order.
+    # out: as in conv2d_wgrad_blocked_kernel.
     pid_m, pid_n = _tile(tl.program_id(0), GEMM_M, GEMM_N, BLOCK_M, BLOCK_N, GROUP_M)
     g = tl.program_id(1)
     k_begin = tl.program_id(2) * SPLIT_PIX
@@ -646,13 +657,9 @@ def conv2d_wgrad_flat_kernel(
         b = tl.load(x_base + x_row[:, None] + x_col[None, :], mask=b_ok, other=0.0)
         acc = _mma(a, b, acc, DOT_PRECISION, DOT_IN_FP32)
 
-    split = 0 if ATOMIC else tl.program_id(2)
-    out = part + split * (tl.num_programs(1) * GEMM_M * GEMM_N) + (g * GEMM_M + offs_m)[:, None] * GEMM_N \
-        + offs_n[None, :]
-    if ATOMIC:
-        tl.atomic_add(out, acc, mask=m_ok[:, None] & n_ok[None, :], sem="relaxed")
-    else:
-        tl.store(out, acc, mask=m_ok[:, None] & n_ok[None, :])
+    dst = out + tl.program_id(2) * so_split + ((g * GEMM_M + offs_m) * so_k)[:, None] \
+        + (c * so_c + r * so_r + s * so_s)[None, :]
+    _write(dst, acc, m_ok[:, None] & n_ok[None, :], ATOMIC)
 
 
 # ----------------------------------------------------------------------------- reductions
@@ -661,7 +668,7 @@ def conv2d_wgrad_flat_kernel(
 @triton.jit
 def conv2d_wgrad_finalize_kernel(
     part, dw, SPLITS, K, C_G,
-    sp_k, sp_c, sp_r, sp_s, sdw_k, sdw_c, sdw_r, sdw_s,
+    sp_split, sp_k, sp_c, sp_r, sp_s, sdw_k, sdw_c, sdw_r, sdw_s,
     S: tl.constexpr, ACC: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # Program (i, tap, j): output channels [i·BLOCK_K, ...) x input channels
@@ -673,10 +680,9 @@ def conv2d_wgrad_finalize_kernel(
     s = tl.program_id(1) % S
     ok = (offs_k < K)[:, None] & (offs_c < C_G)[None, :]
     at = offs_k[:, None] * sp_k + offs_c[None, :] * sp_c + r * sp_r + s * sp_s
-    split_size = K * C_G * tl.num_programs(1)
     total = tl.zeros((BLOCK_K, BLOCK_C), ACC)
     for z in range(0, SPLITS):
-        total += tl.load(part + z * split_size + at, mask=ok, other=0.0)
+        total += tl.load(part + z * sp_split + at, mask=ok, other=0.0)
     out = dw + offs_k[:, None] * sdw_k + offs_c[None, :] * sdw_c + r * sdw_r + s * sdw_s
     tl.store(out, total.to(dw.dtype.element_ty), mask=ok)
 
@@ -703,7 +709,7 @@ def conv2d_bgrad_kernel(
             row_off = (rows // (P * Q)) * sdy_n + ((rows // Q) % P) * sdy_p + (rows % Q) * sdy_q
         offs = row_off[:, None] + (offs_c * sdy_k)[None, :]
         acc += tl.load(dy + offs, mask=(rows < end)[:, None] & c_ok[None, :], other=0.0).to(ACC)
-    tl.store(part + tl.program_id(1) * K + offs_c, tl.sum(acc, axis=0), mask=c_ok)
+    tl.store(part + tl.program_id(1) * K + offs_c, tl.sum(acc, axis=0).to(part.dtype.element_ty), mask=c_ok)
 
 
 # ----------------------------------------------------------------------------- static-profile work model
@@ -728,13 +734,13 @@ def _work_dgrad_blocked(a, grid):
 def _work_wgrad_blocked(a, grid):
     flops = 2 * a["NPQ"] * a["K_G"] * a["C_G"] * a["R"] * a["S"] * grid[1]
     return dict(trip_count=triton.cdiv(a["SPLIT_PIX"], a["BLOCK_K"]), flops=flops,
-                bytes=_bytes(a["dy"], a["x"], a["part"]))
+                bytes=_bytes(a["dy"], a["x"], a["out"]))
 
 
 def _work_flat(a, grid):
     flops = 2 * a["GEMM_M"] * a["GEMM_N"] * a["GEMM_K"] * grid[1]
     trip = triton.cdiv(a.get("SPLIT_PIX", a["GEMM_K"]), a["BLOCK_K"])
-    return dict(trip_count=trip, flops=flops, bytes=_bytes(*(a[k] for k in ("x", "w", "y", "dy", "dx", "part") if k in a)))
+    return dict(trip_count=trip, flops=flops, bytes=_bytes(*(a[k] for k in ("x", "w", "y", "dy", "dx", "out") if k in a)))
 
 
 PROFILE_WORK = {
@@ -759,10 +765,10 @@ _TUNE_KEY = ["TUNE_M", "TUNE_N", "TUNE_K", "R", "S", "stride_h", "stride_w", "TU
 _TUNED = {
     conv2d_fwd_blocked_kernel: _tuned(conv2d_fwd_blocked_kernel, _BLOCKED_CONFIGS, _TUNE_KEY),
     conv2d_dgrad_blocked_kernel: _tuned(conv2d_dgrad_blocked_kernel, _BLOCKED_CONFIGS, _TUNE_KEY),
-    conv2d_wgrad_blocked_kernel: _tuned(conv2d_wgrad_blocked_kernel, _BLOCKED_CONFIGS, _TUNE_KEY, zeroed=["part"]),
+    conv2d_wgrad_blocked_kernel: _tuned(conv2d_wgrad_blocked_kernel, _BLOCKED_CONFIGS, _TUNE_KEY, zeroed=["out"]),
     conv2d_fwd_flat_kernel: _tuned(conv2d_fwd_flat_kernel, _FLAT_CONFIGS, _TUNE_KEY),
     conv2d_dgrad_flat_kernel: _tuned(conv2d_dgrad_flat_kernel, _FLAT_CONFIGS, _TUNE_KEY),
-    conv2d_wgrad_flat_kernel: _tuned(conv2d_wgrad_flat_kernel, _FLAT_CONFIGS, _TUNE_KEY, zeroed=["part"]),
+    conv2d_wgrad_flat_kernel: _tuned(conv2d_wgrad_flat_kernel, _FLAT_CONFIGS, _TUNE_KEY, zeroed=["out"]),
 }
 
 
@@ -793,6 +799,15 @@ def _geometry(stride, padding, dilation):
 def _channels_inner(t: torch.Tensor) -> torch.Tensor:
     """t with channel stride 1 (a channels_last copy when it is not), as the blocked kernels gather it."""
     return t if t.stride(1) == 1 or t.shape[1] == 1 else t.contiguous(memory_format=torch.channels_last)
+
+
+def backward_grad_output(grad: torch.Tensor, weight: torch.Tensor, groups: int, need_input: bool,
+                         need_weight: bool) -> torch.Tensor:
+    """dy for the backward launchers: copied to channels_last here, once, when a
+    channel-blocked pass will gather it (else each would copy it)."""
+    k, c_g = weight.shape[:2]
+    blocked = (need_input and k // groups >= _BLOCKED_MIN_CHANNELS) or (need_weight and c_g >= _BLOCKED_MIN_CHANNELS)
+    return _channels_inner(grad) if blocked else grad
 
 
 class _Plan:
@@ -866,6 +881,20 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     return y
 
 
+def _dgrad_weight(w_g: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The input gradient's weight operand, (G, K/g, C/g, R, S) with channels of
+    one tap contiguous in one of its GEMM dimensions. A channels_last weight has
+    input channels (GEMM N) innermost: 16-bit MMAs take that B operand as it is
+    (ldmatrix .trans / wgmma's transposed B), so no copy. Otherwise the weight
+    is packed once per call to (G, C/g, R, S, K/g), the reduction over output
+    channels contiguous; so is fp32's: sm_90's TF32 wgmma takes B K-major only,
+    and fed N-major it loads B 4 bytes at a time (L4 on sm_90, estimated by
+    scripts/gpu_profile.py: 0.33x of cuDNN unpacked against 1.38x packed)."""
+    if w_g.stride(2) == 1 and dtype.itemsize == 2:
+        return w_g
+    return w_g.permute(0, 2, 3, 4, 1).contiguous().permute(0, 4, 1, 2, 3)
+
+
 def _gcd(a: int, b: int) -> int:
     while b:
         a, b = b, a % b
@@ -889,17 +918,16 @@ def conv2d_backward_input(grad_output: torch.Tensor, input: torch.Tensor, weight
     p, q = grad_output.shape[2:]
     if k_g >= _BLOCKED_MIN_CHANNELS:
         dy = _channels_inner(grad_output)
-        # (g, C/g, R, S, K/g): the reduction over output channels contiguous
-        w_packed = weight.view(groups, k_g, c_g, r, s).permute(0, 2, 3, 4, 1).contiguous()
-        check_int32_indexable(dy, w_packed, dx)
+        w_g = _dgrad_weight(weight.view(groups, k_g, c_g, r, s), input.dtype)
+        check_int32_indexable(dy, w_g, dx)
         hs, ws = triton.cdiv(h, stride[0]), triton.cdiv(w, stride[1])
         gemm_m, phases = n * hs * ws, stride[0] * stride[1]
         plan = _Plan(target, input.dtype, _pick_blocked(target, input.dtype, gemm_m, c_g, k_g, groups * phases),
                      gemm_m, c_g, k_g)
         plan.launch(conv2d_dgrad_blocked_kernel, _gemm_grid(gemm_m, c_g, groups, phases), (
-            dy, w_packed, dx,
+            dy, w_g, dx,
             h, w, p, q, c_g, k_g,
-            dy.stride(0), dy.stride(2), dy.stride(3), *dx.stride(),
+            dy.stride(0), dy.stride(2), dy.stride(3), *dx.stride(), *w_g.stride(),
             *_geometry(stride, padding, dilation),
             hs, ws, stride[0] // _gcd(stride[0], dilation[0]), stride[1] // _gcd(stride[1], dilation[1]), gemm_m),
             dict(plan.common(r, s), EVEN_K=plan.even(k_g)))
@@ -957,20 +985,44 @@ def _split(target: Target, tiles: int, rows: int):
     return triton.cdiv(rows, per), per
 
 
-def _partials(splits: int, atomic: bool, shape, like: torch.Tensor) -> torch.Tensor:
-    """fp32 (fp64) partials: one zeroed buffer the splits add into atomically, or
-    one slice per split, written whole (no fill), summed in order by the finalize."""
-    dtype = _acc_dtype(like.dtype)
-    if atomic:
-        return torch.zeros((1, *shape), dtype=dtype, device=like.device)
-    return torch.empty((splits, *shape), dtype=dtype, device=like.device)
+class _SplitOutput:
+    """Where the programs of a reduction split `splits` ways write its result `out`.
 
+    One split stores the result itself (cast to out's dtype, in its memory format):
+    one launch. More splits take one of two second halves: relaxed atomic adds
+    straight into out, zeroed first, when out has the accumulator's dtype and
+    determinism is not asked for; otherwise one accumulator-dtype slice per split
+    (laid out as `memory_format`, so the stores are as contiguous as the kernel's
+    columns), written whole and summed in a fixed order by the finalize kernel,
+    which also casts. Either way two launches, never three."""
 
-def _finalize(part, out, splits, k, c_g, r, s, part_strides, out_strides, target):
-    block = 16 if target.interpreted else 32
-    launch(conv2d_wgrad_finalize_kernel, (triton.cdiv(k, block), r * s, triton.cdiv(c_g, block)),
-           part, out, splits, k, c_g, *part_strides, *out_strides,
-           S=s, ACC=_acc(out.dtype), BLOCK_K=block, BLOCK_C=block)
+    def __init__(self, splits: int, out: torch.Tensor, memory_format=torch.contiguous_format, atomics: bool = True):
+        acc = _acc_dtype(out.dtype)
+        self.out, self.splits = out, splits
+        self.atomic = (atomics and splits > 1 and out.dtype == acc
+                       and not torch.are_deterministic_algorithms_enabled())
+        if splits == 1 or self.atomic:
+            self.buffer, self.split_stride = out.zero_() if self.atomic else out, 0
+        else:
+            self.buffer = torch.empty((splits * out.shape[0], *out.shape[1:]), dtype=acc, device=out.device,
+                                      memory_format=memory_format)
+            self.split_stride = out.shape[0] * self.buffer.stride(0)
+
+    @property
+    def partial(self) -> bool:
+        return self.buffer is not self.out
+
+    def finalize(self, target: Target) -> torch.Tensor:
+        """The second pass over the per-split partials, if there are any; returns out."""
+        if self.partial:
+            out = self.out.view(-1, 1, 1, 1) if self.out.dim() == 1 else self.out
+            part = self.buffer.view(-1, 1, 1, 1) if self.buffer.dim() == 1 else self.buffer
+            k, c_g, r, s = out.shape
+            block = 16 if target.interpreted else 32
+            launch(conv2d_wgrad_finalize_kernel, (triton.cdiv(k, block), r * s, triton.cdiv(c_g, block)),
+                   part, out, self.splits, k, c_g, self.split_stride, *part.stride(), *out.stride(),
+                   S=s, ACC=_acc(out.dtype), BLOCK_K=block, BLOCK_C=block)
+        return self.out
 
 
 @triton_op("cnnkern_triton::conv2d_backward_weight", mutates_args={})
@@ -986,7 +1038,6 @@ def conv2d_backward_weight(grad_output: torch.Tensor, input: torch.Tensor, weigh
     target = target_for(input)
     k_g = k // groups
     h, w = input.shape[2:]
-    deterministic = torch.are_deterministic_algorithms_enabled()
     geometry = _geometry(stride, padding, dilation)
     if c_g >= _BLOCKED_MIN_CHANNELS:
         dy, x = _channels_inner(grad_output), _channels_inner(input)
@@ -1004,35 +1055,32 @@ def conv2d_backward_weight(grad_output: torch.Tensor, input: torch.Tensor, weigh
 
         tiles = triton.cdiv(k_g, cfg[0]) * column_tiles(cfg[1]) * groups
         splits, per = _split(target, tiles, npq)
-        atomic = splits > 1 and not deterministic
-        part = _partials(splits, atomic, (k, r, s, c_g), input)
-        check_int32_indexable(dy, x, part)
+        # partials in (k, r, s, c) order: a tile's columns are channels of a tap
+        dst = _SplitOutput(splits, dw, torch.channels_last)
+        check_int32_indexable(dy, x, dst.buffer)
         grid = lambda bm, bn: (triton.cdiv(k_g, bm) * column_tiles(bn), groups, splits)  # noqa: E731
         plan.launch(conv2d_wgrad_blocked_kernel, grid, (
-            dy, x, part,
+            dy, x, dst.buffer,
             h, w, p, q, c_g, k_g,
             dy.stride(0), dy.stride(2), dy.stride(3), x.stride(0), x.stride(2), x.stride(3),
+            dst.split_stride, *dst.buffer.stride(),
             *geometry, npq, per),
-            dict(plan.common(r, s), TAP_CHANNELS=tap_channels, ATOMIC=atomic,
+            dict(plan.common(r, s), TAP_CHANNELS=tap_channels, ATOMIC=dst.atomic,
                  DY_FLAT=dy.is_contiguous(memory_format=torch.channels_last)))
-        part_strides = (r * s * c_g, 1, s * c_g, c_g)  # (k, c, r, s) strides of one (K, R, S, C/g) slice
     else:
         gemm_m, gemm_n = k_g, c_g * r * s
         plan = _Plan(target, input.dtype, _pick_flat(target, input.dtype, gemm_n, npq), gemm_m, gemm_n, npq)
         tiles = triton.cdiv(gemm_m, plan.cfg[0]) * triton.cdiv(gemm_n, plan.cfg[1]) * groups
         splits, per = _split(target, tiles, npq)
-        atomic = splits > 1 and not deterministic
-        part = _partials(splits, atomic, (k, c_g, r, s), input)
-        check_int32_indexable(grad_output, input, part)
+        dst = _SplitOutput(splits, dw)  # partials in (k, c, r, s) order, the flat kernel's columns
+        check_int32_indexable(grad_output, input, dst.buffer)
         plan.launch(conv2d_wgrad_flat_kernel, _gemm_grid(gemm_m, gemm_n, groups, splits), (
-            grad_output, input, part,
+            grad_output, input, dst.buffer,
             h, w, p, q,
-            *grad_output.stride(), *input.stride(),
+            *grad_output.stride(), *input.stride(), dst.split_stride, *dst.buffer.stride(),
             *geometry, gemm_m, gemm_n, npq, per),
-            dict(plan.common(r, s), ATOMIC=atomic))
-        part_strides = (c_g * r * s, r * s, s, 1)
-    _finalize(part, dw, 1 if atomic else splits, k, c_g, r, s, part_strides, dw.stride(), target)
-    return dw
+            dict(plan.common(r, s), ATOMIC=dst.atomic))
+    return dst.finalize(target)
 
 
 _BGRAD_BLOCK_C, _BGRAD_BLOCK_R = 32, 64
@@ -1054,10 +1102,9 @@ def conv2d_backward_bias(grad_output: torch.Tensor) -> torch.Tensor:
     # Row chunks: enough programs for two waves; each chunk's sum is a partial,
     # and the partials meet in order in the finalize (deterministic, no atomics).
     chunks, per = _split(target, col_blocks, rows)
-    part = torch.empty((chunks, k), dtype=_acc_dtype(grad_output.dtype), device=grad_output.device)
+    dst = _SplitOutput(chunks, db, atomics=False)  # the kernel stores each chunk's sum
     launch(conv2d_bgrad_kernel, (col_blocks, chunks),
-           grad_output, part, k, p, q, rows, per, *grad_output.stride(),
+           grad_output, dst.buffer, k, p, q, rows, per, *grad_output.stride(),
            BLOCK_C=_BGRAD_BLOCK_C, BLOCK_R=_BGRAD_BLOCK_R, ACC=_acc(grad_output.dtype),
            ROWS_FLAT=grad_output.is_contiguous(memory_format=torch.channels_last))
-    _finalize(part, db, chunks, k, 1, 1, 1, (1, 0, 0, 0), (1, 0, 0, 0), target)
-    return db
+    return dst.finalize(target)

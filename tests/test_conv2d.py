@@ -45,9 +45,11 @@ def make_operands(case, dtype, device, layout="contiguous", seed=0):
     return x, convert(weight), convert(bias)
 
 
-def run_both(case, dtype, device, layout="contiguous"):
+def run_both(case, dtype, device, layout="contiguous", weight_layout="contiguous"):
     """cnnkern (in dtype) and torch (in float64, from the same rounded values): outputs and all gradients."""
     x, weight, bias = make_operands(case, dtype, device, layout)
+    if weight_layout == "channels_last":  # as model.to(memory_format=torch.channels_last) leaves it
+        weight = weight.contiguous(memory_format=torch.channels_last)
     params = [t for t in (x, weight, bias) if t is not None]
     ours = [t.clone().requires_grad_() for t in params]
     if layout == "channels_last":
@@ -63,8 +65,8 @@ def run_both(case, dtype, device, layout="contiguous"):
     return (y, grads, ours), (y_ref, grads_ref)
 
 
-def check_against_torch(case, dtype, backend, device, layout="contiguous"):
-    (y, grads, ours), (y_ref, grads_ref) = run_both(case, dtype, device, layout)
+def check_against_torch(case, dtype, backend, device, layout="contiguous", weight_layout="contiguous"):
+    (y, grads, ours), (y_ref, grads_ref) = run_both(case, dtype, device, layout, weight_layout)
     assert y.dtype == dtype and y.device.type == device and y.shape == y_ref.shape
     assert_close(y, y_ref, dtype, backend, device, "output")
     for name, g, g_ref, t in zip(("input", "weight", "bias"), grads, grads_ref, ours):
@@ -111,6 +113,8 @@ BLOCKED_CASES = {
     "c18-k17-5x3-s2x3-d2x1": dict(x=(1, 18, 11, 10), k=17, kernel=(5, 3), stride=(2, 3), padding=(3, 1),
                                   dilation=(2, 1)),  # gcd(stride, dilation) > 1: taps two apart
     "c3-k16-3x3": dict(x=(2, 3, 10, 10), k=16, kernel=(3, 3), padding=1, bias=False),  # only the input grad blocked
+    # 16 output pixels: the weight and bias gradients in one split, stored by the kernel itself
+    "c16-k20-3x3-one-split": dict(x=(1, 16, 4, 4), k=20, kernel=(3, 3), padding=1),
 }
 
 
@@ -121,9 +125,16 @@ def test_channel_blocked_float64(backend_device, name, layout):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("name", ["c17-k33-3x3", "c32-k20-3x3-s2", "c18-k17-5x3-s2x3-d2x1"])
+@pytest.mark.parametrize("name", ["c17-k33-3x3", "c32-k20-3x3-s2", "c18-k17-5x3-s2x3-d2x1", "c16-k20-3x3-one-split"])
 def test_channel_blocked_reduced_precision(backend_device, name, dtype):
     check_against_torch(BLOCKED_CASES[name], dtype, *backend_device, "channels_last")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("name", ["c17-k33-3x3", "c32-k20-3x3-s2", "c32-k32-3x3-s2-g2", "c16-k20-3x3-one-split"])
+def test_channel_blocked_channels_last_weight(backend_device, name, dtype):
+    # A channels_last weight: the triton input gradient reads it in place for 16-bit dtypes (no pack)
+    check_against_torch(BLOCKED_CASES[name], dtype, *backend_device, "channels_last", weight_layout="channels_last")
 
 
 def test_weight_gradient_is_bitwise_reproducible_in_deterministic_mode(backend_device):

@@ -144,18 +144,19 @@ _NO_LAUNCH = {"aten.empty.memory_format", "aten.empty_strided.default", "aten.vi
               "aten.detach.default", "aten.as_strided.default", "aten.unsqueeze.default", "aten.squeeze.dim",
               "aten.alias.default", "aten._unsafe_view.default", "aten.expand.default", "aten.new_empty.default",
               "aten.empty_like.default", "aten.slice.Tensor", "aten.select.int", "aten.ones_like.default"}
-# (layout, layer) -> (forward, backward) launches; conv has a bias, the weight gradient splits its
-# reduction (atomics into a zeroed fp32 buffer, then a finalize that casts), and NCHW tensors are
-# copied to channels_last for the channel-blocked kernels.
+# (layout, layer) -> (forward, backward) launches; conv has a bias, its weight and bias gradients split
+# their reductions (the interpreter splits every reduction of more than 16 rows: atomics into the
+# zeroed fp32 weight gradient; the bias's partials summed by the finalize), NCHW tensors are copied
+# to channels_last for the channel-blocked kernels (dy once for both gradients), and the fp32 input
+# gradient packs the weight.
 _LAUNCHES = {
     ("channels_last", "conv"): (["conv2d_fwd_blocked_kernel"],
-                                ["aten.clone.default", "conv2d_dgrad_blocked_kernel", "aten.zeros.default",
-                                 "conv2d_wgrad_blocked_kernel", "conv2d_wgrad_finalize_kernel", "conv2d_bgrad_kernel",
-                                 "conv2d_wgrad_finalize_kernel"]),
+                                ["aten.clone.default", "conv2d_dgrad_blocked_kernel", "aten.zero_.default",
+                                 "conv2d_wgrad_blocked_kernel", "conv2d_bgrad_kernel", "conv2d_wgrad_finalize_kernel"]),
     ("nchw", "conv"): (["aten.clone.default"] * 2 + ["conv2d_fwd_blocked_kernel"],
-                       ["aten.clone.default"] * 2 + ["conv2d_dgrad_blocked_kernel"] + ["aten.clone.default"] * 2 +
-                       ["aten.zeros.default", "conv2d_wgrad_blocked_kernel", "conv2d_wgrad_finalize_kernel",
-                        "conv2d_bgrad_kernel", "conv2d_wgrad_finalize_kernel"]),
+                       ["aten.clone.default"] * 2 + ["conv2d_dgrad_blocked_kernel"] + ["aten.clone.default"] +
+                       ["aten.zero_.default", "conv2d_wgrad_blocked_kernel", "conv2d_bgrad_kernel",
+                        "conv2d_wgrad_finalize_kernel"]),
     ("channels_last", "maxpool"): (["max_pool2d_fwd_nhwc_kernel"], ["max_pool2d_bwd_windows_kernel"]),
     ("nchw", "maxpool"): (["max_pool2d_fwd_strip_kernel"], ["max_pool2d_bwd_strip_kernel"]),
     ("channels_last", "avgpool"): (["avg_pool2d_fwd_nhwc_kernel"], ["avg_pool2d_bwd_windows_kernel"]),
@@ -211,3 +212,70 @@ def test_launches_per_op_and_pass(monkeypatch):
                 backward = launches(lambda: y.backward(torch.ones_like(y)))
                 print(f"{layout:13s} {name:8s} forward {len(forward)}, backward {len(backward)}")
                 assert (forward, backward) == _LAUNCHES[(layout, name)], (layout, name, forward, backward)
+
+
+# Planned for an H100 (132 SMs), recorded instead of run: what a GPU launches for one conv layer.
+# torch (cuDNN) launches one kernel per pass and one reduction for the bias gradient: forward 1
+# (+1 bias add on some paths), backward 3 (dgrad, wgrad, bias sum).
+_GPU_CONV_LAUNCHES = {
+    # 2x16x8x8, 16 -> 16, 3x3: 128 output pixels, one split of every reduction
+    ("small", "channels_last", torch.bfloat16, False): (
+        ["conv2d_fwd_blocked_kernel"],
+        ["conv2d_dgrad_blocked_kernel", "conv2d_wgrad_blocked_kernel", "conv2d_bgrad_kernel"]),
+    ("small", "channels_last", torch.float32, False): (  # TF32 wants the weight K-major: one pack
+        ["conv2d_fwd_blocked_kernel"],
+        ["aten.clone.default", "conv2d_dgrad_blocked_kernel", "conv2d_wgrad_blocked_kernel", "conv2d_bgrad_kernel"]),
+    ("small", "nchw", torch.bfloat16, False): (  # channels_last copies of x, the weight, and dy (once)
+        ["aten.clone.default"] * 2 + ["conv2d_fwd_blocked_kernel"],
+        ["aten.clone.default"] * 2 + ["conv2d_dgrad_blocked_kernel", "aten.clone.default",
+                                      "conv2d_wgrad_blocked_kernel", "conv2d_bgrad_kernel"]),
+    # 32x64x32x32, 64 -> 64, 3x3: 32768 output pixels, split reductions
+    ("large", "channels_last", torch.float32, False): (  # atomics straight into the zeroed fp32 gradient
+        ["conv2d_fwd_blocked_kernel"],
+        ["aten.clone.default", "conv2d_dgrad_blocked_kernel", "aten.zero_.default", "conv2d_wgrad_blocked_kernel",
+         "conv2d_bgrad_kernel", "conv2d_wgrad_finalize_kernel"]),
+    ("large", "channels_last", torch.float32, True): (  # deterministic: per-split partials, summed in order
+        ["conv2d_fwd_blocked_kernel"],
+        ["aten.clone.default", "conv2d_dgrad_blocked_kernel", "conv2d_wgrad_blocked_kernel",
+         "conv2d_wgrad_finalize_kernel", "conv2d_bgrad_kernel", "conv2d_wgrad_finalize_kernel"]),
+    ("large", "channels_last", torch.bfloat16, False): (  # a bf16 gradient: fp32 partials, then the cast
+        ["conv2d_fwd_blocked_kernel"],
+        ["conv2d_dgrad_blocked_kernel", "conv2d_wgrad_blocked_kernel", "conv2d_wgrad_finalize_kernel",
+         "conv2d_bgrad_kernel", "conv2d_wgrad_finalize_kernel"]),
+}
+
+
+@pytest.mark.parametrize("size,layout,dtype,deterministic", sorted(_GPU_CONV_LAUNCHES, key=str), ids=str)
+def test_conv_launches_planned_for_a_gpu(size, layout, dtype, deterministic):
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from cnnkern.kernels import _util
+
+    log = []
+
+    class TorchOps(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if str(func) not in _NO_LAUNCH:
+                log.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    def launches(fn):
+        log.clear()
+        with TorchOps():
+            fn()
+        return list(log)
+
+    n, c, hw = (2, 16, 8) if size == "small" else (32, 64, 32)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    conv = cnnkern.Conv2d(c, c, 3, padding=1).to(dtype=dtype, memory_format=fmt)
+    x = torch.empty(n, c, hw, hw, dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        with cnnkern.use_backend("triton"), _util.planning_for(90, 132), \
+                _util.intercept_launches(lambda kernel, *_: log.append(kernel.__name__)):
+            forward = launches(lambda: conv(x))
+            y = conv(x)
+            backward = launches(lambda: y.backward(torch.ones_like(y)))
+    finally:
+        torch.use_deterministic_algorithms(before)
+    assert (forward, backward) == _GPU_CONV_LAUNCHES[(size, layout, dtype, deterministic)], (forward, backward)
