@@ -24,6 +24,7 @@ PY
 bash tests/csrc/run.sh
 bash tests/csrc/run_pool2d.sh
 bash tests/csrc/run_batch_norm.sh
+bash tests/csrc/run_mma.sh
 python -m pytest tests -q -ra --durations=10 "$@"
 if [[ -f build/gpu_profile.txt ]]; then
   echo "--- static GPU profile of the Triton kernels (CI shapes, compiled for sm_90/sm_80; throughput figures are estimates)"

@@ -14,6 +14,14 @@
 // block reaches every __syncthreads(), and every thread of a warp takes part in
 // each warp shuffle.
 //
+// Warp collectives (the shuffles here, the tensor-core instructions of mma.h)
+// go through warp_collective(), which checks that rule instead of trusting it:
+// a lane that reaches another collective, a __syncthreads or the end of the
+// kernel while lanes of its warp wait in one is reported, where a GPU would
+// hang or compute garbage. Any exception thrown by a kernel thread (these
+// reports included) stops the launch: the other threads are released from
+// their barriers, and launch() rethrows the first one to its caller.
+//
 // Language level: C++17 or later, same behaviour under both. torch chooses the
 // -std of extension builds (C++17 up to torch 2.11, C++20 from 2.12), so this
 // header avoids the C++20 std::barrier, std::jthread and std::atomic_ref.
@@ -25,6 +33,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstring>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -59,6 +68,13 @@ namespace emu_runtime {
 
 constexpr unsigned kWarpSize = 32;
 constexpr std::size_t kMaxShuffleBytes = 16;
+constexpr std::size_t kMaxCollectiveBytes = 64;  // one lane's operands or results
+
+// Thrown out of the barriers of a launch once one of its threads has failed, so
+// that the others stop instead of waiting for it forever.
+struct LaunchAborted : std::runtime_error {
+  LaunchAborted() : std::runtime_error("cuda_emu: launch aborted (another thread failed)") {}
+};
 
 // Reusable barrier for a fixed number of threads (std::barrier is C++20).
 // Arrivals are counted under the mutex, so every write a thread made before
@@ -70,8 +86,14 @@ class Barrier {
   Barrier(const Barrier&) = delete;
   Barrier& operator=(const Barrier&) = delete;
 
-  void arrive_and_wait() {
+  // `on_arrival(arrived)` runs first, under the lock, with the number of
+  // threads already waiting in this phase (the warp collectives check and
+  // combine their operands there). Should it throw, this thread has not arrived.
+  template <typename OnArrival>
+  void arrive_and_wait(OnArrival&& on_arrival) {
     std::unique_lock<std::mutex> lock(mutex_);
+    if (aborted_.load(std::memory_order_relaxed)) throw LaunchAborted();
+    on_arrival(unsigned{arrived_});
     // Waiters watch the generation, not the arrival count: the count restarts
     // at 0 for the next phase as soon as the last thread arrives, and a thread
     // released early may arrive again before every waiter has looked.
@@ -91,10 +113,35 @@ class Barrier {
     // since every thread woken by notify_all has to retake the mutex in turn.
     for (int i = 0; i < kYieldsBeforeSleep; ++i) {
       if (generation_.load(std::memory_order_acquire) != generation) return;
+      if (aborted_.load(std::memory_order_relaxed)) throw LaunchAborted();
       std::this_thread::yield();
     }
     lock.lock();
-    wakeup_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != generation; });
+    wakeup_.wait(lock, [&] {
+      return generation_.load(std::memory_order_acquire) != generation ||
+             aborted_.load(std::memory_order_relaxed);
+    });
+    if (generation_.load(std::memory_order_relaxed) == generation) throw LaunchAborted();
+  }
+  void arrive_and_wait() { arrive_and_wait([](unsigned) {}); }
+
+  // Runs f(arrived) under the lock, `arrived` as for on_arrival above.
+  template <typename F>
+  void inspect(F&& f) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    f(unsigned{arrived_});
+  }
+
+  // Phases completed so far.
+  unsigned phase() const { return generation_.load(std::memory_order_acquire); }
+
+  // From now on every waiter, present or future, throws LaunchAborted.
+  void abort() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      aborted_.store(true, std::memory_order_relaxed);
+    }
+    wakeup_.notify_all();
   }
 
  private:
@@ -102,6 +149,7 @@ class Barrier {
   const unsigned count_;
   unsigned arrived_ = 0;                 // guarded by mutex_
   std::atomic<unsigned> generation_{0};  // written under mutex_, read without it
+  std::atomic<bool> aborted_{false};     // likewise
   std::mutex mutex_;
   std::condition_variable wakeup_;
 };
@@ -112,7 +160,13 @@ struct Launch {
     explicit Warp(unsigned lanes) : size(lanes), barrier(lanes) {}
     unsigned size;  // < 32 only for a trailing partial warp
     Barrier barrier;
-    alignas(16) unsigned char slots[kWarpSize][kMaxShuffleBytes];
+    // Guarded by barrier's lock, see warp_collective() and block_sync():
+    const char* op = nullptr;  // the collective some lanes wait in (while any do)
+    unsigned waiting = 0;      // mask of those lanes
+    const char* parked_at[kWarpSize] = {};  // a lane's last block barrier, if any,
+    unsigned parked_phase[kWarpSize] = {};  // and that barrier's phase then
+    alignas(16) unsigned char in[kWarpSize][kMaxCollectiveBytes];
+    alignas(16) unsigned char out[kWarpSize][kMaxCollectiveBytes];
   };
 
   Launch(unsigned nthreads, std::size_t shared_bytes)
@@ -125,9 +179,21 @@ struct Launch {
     }
   }
 
+  // Records the first failure and releases every thread from every barrier.
+  void fail(std::exception_ptr e) {
+    {
+      std::lock_guard<std::mutex> lock(failure_mutex);
+      if (!failure) failure = e;
+    }
+    block_barrier.abort();
+    for (auto& warp : warps) warp->barrier.abort();
+  }
+
   Barrier block_barrier;
   std::vector<std::unique_ptr<Warp>> warps;
   std::vector<std::max_align_t> dynamic_shared;
+  std::mutex failure_mutex;
+  std::exception_ptr failure;  // guarded by failure_mutex
 };
 
 inline thread_local Launch* current = nullptr;
@@ -136,6 +202,51 @@ inline thread_local unsigned linear_tid = 0;
 inline std::mutex& launch_mutex() {
   static std::mutex m;
   return m;
+}
+
+inline Launch::Warp& my_warp() { return *current->warps[linear_tid / kWarpSize]; }
+inline unsigned my_lane() { return linear_tid % kWarpSize; }
+
+// "0-4,6,9-31"
+inline std::string lane_list(unsigned mask) {
+  std::string s;
+  for (unsigned l = 0; l < kWarpSize; ++l) {
+    if (!(mask >> l & 1u)) continue;
+    unsigned last = l;
+    while (last + 1 < kWarpSize && (mask >> (last + 1) & 1u)) ++last;
+    if (!s.empty()) s += ',';
+    s += std::to_string(l);
+    if (last > l) s += '-' + std::to_string(last);
+    l = last;
+  }
+  return s;
+}
+
+inline std::string warp_name() {
+  return "warp " + std::to_string(linear_tid / kWarpSize) + " of block (" +
+         std::to_string(blockIdx.x) + "," + std::to_string(blockIdx.y) + "," +
+         std::to_string(blockIdx.z) + ")";
+}
+
+// A block-wide barrier: __syncthreads(), and the end of each block. A lane
+// that waits here while lanes of its warp wait in a warp collective deadlocks
+// the warp (the GPU would hang, or run the collective with lanes missing):
+// reported here when the collective came first, else by warp_collective().
+inline void block_sync(const char* where) {
+  Launch::Warp& warp = my_warp();
+  const unsigned lane = my_lane();
+  warp.barrier.inspect([&](unsigned arrived) {
+    if (arrived > 0)
+      throw std::runtime_error("cuda_emu: lane " + std::to_string(lane) + " of " + warp_name() +
+                               " reached " + where + " while lanes " + lane_list(warp.waiting) +
+                               " wait in " + warp.op +
+                               ": every lane of a warp must execute each warp-collective "
+                               "instruction together");
+    // This thread has not arrived, so the barrier's phase cannot move before it does.
+    warp.parked_at[lane] = where;
+    warp.parked_phase[lane] = current->block_barrier.phase();
+  });
+  current->block_barrier.arrive_and_wait();
 }
 
 // Runs `body` (the kernel call, arguments bound) as a grid x block launch.
@@ -154,14 +265,18 @@ void launch(dim3 grid, dim3 block, std::size_t shared_bytes, const Body& body) {
     threadIdx = dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y));
     blockDim = block;
     gridDim = grid;
-    for (unsigned z = 0; z < grid.z; ++z)
-      for (unsigned y = 0; y < grid.y; ++y)
-        for (unsigned x = 0; x < grid.x; ++x) {
-          blockIdx = dim3(x, y, z);
-          body();
-          // The next block reuses the statics: nobody starts it early.
-          state.block_barrier.arrive_and_wait();
-        }
+    try {
+      for (unsigned z = 0; z < grid.z; ++z)
+        for (unsigned y = 0; y < grid.y; ++y)
+          for (unsigned x = 0; x < grid.x; ++x) {
+            blockIdx = dim3(x, y, z);
+            body();
+            // The next block reuses the statics: nobody starts it early.
+            block_sync("the end of the kernel");
+          }
+    } catch (...) {
+      state.fail(std::current_exception());
+    }
     current = nullptr;
   };
   // Plain std::thread (std::jthread is C++20), joined before `state` goes away.
@@ -172,31 +287,88 @@ void launch(dim3 grid, dim3 block, std::size_t shared_bytes, const Body& body) {
   threads.reserve(nthreads);
   for (unsigned t = 0; t < nthreads; ++t) threads.emplace_back(run_thread, t);
   for (std::thread& t : threads) t.join();
+  if (state.failure) std::rethrow_exception(state.failure);
 }
 
 inline void* dynamic_shared() { return current->dynamic_shared.data(); }
 
+// One warp-collective instruction, named `op`: each lane of the warp hands in
+// its operands `in`; when the last one arrives, it runs
+// compute(const In* ins, Out* outs, unsigned lanes) over every lane's operands
+// (under the warp's lock, so the instruction happens at one point in time, as
+// on the GPU), and each lane returns outs[its lane]. Every lane must execute
+// the same instruction: a lane arriving at another collective, or lanes
+// waiting at a block barrier meanwhile (block_sync() covers the other order),
+// throw std::runtime_error; so does a partial warp when `full_warp` is set.
+// The outs stay valid until every lane has read its own: the next collective
+// only completes once every lane has arrived at it.
+template <typename Out, typename In, typename Compute>
+Out warp_collective(const char* op, const In& in, bool full_warp, Compute&& compute) {
+  static_assert(std::is_trivially_copyable_v<In> && sizeof(In) <= kMaxCollectiveBytes);
+  static_assert(std::is_trivially_copyable_v<Out> && sizeof(Out) <= kMaxCollectiveBytes);
+  Launch::Warp& warp = my_warp();
+  const unsigned lane = my_lane();
+  if (full_warp && warp.size != kWarpSize)
+    throw std::runtime_error(std::string("cuda_emu: ") + op + " needs all 32 lanes, " +
+                             warp_name() + " has " + std::to_string(warp.size));
+  warp.barrier.arrive_and_wait([&](unsigned arrived) {
+    if (arrived == 0) {
+      unsigned parked = 0;
+      for (unsigned l = 0; l < warp.size; ++l)
+        if (warp.parked_at[l] && warp.parked_phase[l] == current->block_barrier.phase())
+          parked |= 1u << l;
+      if (parked)
+        throw std::runtime_error("cuda_emu: lane " + std::to_string(lane) + " of " + warp_name() +
+                                 " executes " + op + " while lanes " + lane_list(parked) +
+                                 " wait at " + warp.parked_at[__builtin_ctz(parked)] +
+                                 ": every lane of a warp must execute each warp-collective "
+                                 "instruction together");
+      warp.op = op;
+      warp.waiting = 0;
+    } else if (std::strcmp(warp.op, op) != 0) {
+      throw std::runtime_error("cuda_emu: lane " + std::to_string(lane) + " of " + warp_name() +
+                               " executes " + op + " while lanes " + lane_list(warp.waiting) +
+                               " execute " + warp.op +
+                               ": the lanes of a warp diverged at a warp-collective instruction");
+    }
+    warp.waiting |= 1u << lane;
+    std::memcpy(warp.in[lane], &in, sizeof(In));
+    if (arrived + 1 == warp.size) {  // the last lane: execute the instruction
+      In ins[kWarpSize];
+      Out outs[kWarpSize];
+      for (unsigned l = 0; l < warp.size; ++l) std::memcpy(&ins[l], warp.in[l], sizeof(In));
+      compute(static_cast<const In*>(ins), static_cast<Out*>(outs), warp.size);
+      for (unsigned l = 0; l < warp.size; ++l) std::memcpy(warp.out[l], &outs[l], sizeof(Out));
+    }
+  });
+  Out out;
+  std::memcpy(&out, warp.out[lane], sizeof(Out));
+  return out;
+}
+
 // Lane `lane` publishes v; returns what lane `src(lane)` published, or v when
 // that lane does not exist (CUDA returns the caller's own value then).
 template <typename T, typename SrcLane>
-T warp_exchange(T v, SrcLane src) {
+T warp_exchange(T v, SrcLane src, const char* op = "a warp shuffle") {
   static_assert(std::is_trivially_copyable_v<T> && sizeof(T) <= kMaxShuffleBytes);
-  Launch::Warp& warp = *current->warps[linear_tid / kWarpSize];
-  const unsigned lane = linear_tid % kWarpSize;
-  std::memcpy(warp.slots[lane], &v, sizeof(T));
-  warp.barrier.arrive_and_wait();  // every lane has published
-  const unsigned from = src(lane);
-  T out = v;
-  if (from < warp.size) std::memcpy(&out, warp.slots[from], sizeof(T));
-  warp.barrier.arrive_and_wait();  // every lane has read before slots are reused
-  return out;
+  struct In {
+    T value;
+    unsigned from;
+  };
+  return warp_collective<T>(op, In{v, src(my_lane())}, /*full_warp=*/false,
+                            [](const In* ins, T* outs, unsigned lanes) {
+                              for (unsigned l = 0; l < lanes; ++l) {
+                                const unsigned from = ins[l].from < lanes ? ins[l].from : l;
+                                outs[l] = ins[from].value;
+                              }
+                            });
 }
 
 }  // namespace emu_runtime
 }  // namespace cnnkern
 
 // ---- Built-ins ---------------------------------------------------------------
-inline void __syncthreads() { cnnkern::emu_runtime::current->block_barrier.arrive_and_wait(); }
+inline void __syncthreads() { cnnkern::emu_runtime::block_sync("__syncthreads()"); }
 
 // The mask is ignored: the emulation requires the whole warp, as the kernels do.
 template <typename T>
@@ -205,7 +377,7 @@ T __shfl_down_sync(unsigned /*mask*/, T v, unsigned delta, int width = 32) {
     const unsigned w = static_cast<unsigned>(width);
     const unsigned src = lane + delta;
     return (lane % w) + delta < w ? src : cnnkern::emu_runtime::kWarpSize;
-  });
+  }, "__shfl_down_sync");
 }
 
 template <typename T>
@@ -214,7 +386,7 @@ T __shfl_xor_sync(unsigned /*mask*/, T v, int lane_mask, int width = 32) {
     const unsigned w = static_cast<unsigned>(width);
     const unsigned src = lane ^ static_cast<unsigned>(lane_mask);
     return src / w == lane / w ? src : lane;
-  });
+  }, "__shfl_xor_sync");
 }
 
 // A compare-exchange loop, as neither C++17 (no std::atomic_ref) nor the GCC
