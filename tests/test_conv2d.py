@@ -113,6 +113,11 @@ BLOCKED_CASES = {
     "c18-k17-5x3-s2x3-d2x1": dict(x=(1, 18, 11, 10), k=17, kernel=(5, 3), stride=(2, 3), padding=(3, 1),
                                   dilation=(2, 1)),  # gcd(stride, dilation) > 1: taps two apart
     "c3-k16-3x3": dict(x=(2, 3, 10, 10), k=16, kernel=(3, 3), padding=1, bias=False),  # only the input grad blocked
+    # stride 1, output channels a multiple of 8: the cuda backend's 16-bit input gradient runs as a
+    # tensor-core forward conv of dy (negative effective padding for the first: 1x1 with padding)
+    "c16-k24-1x1-p1": dict(x=(2, 16, 5, 7), k=24, kernel=(1, 1), padding=1),
+    "c24-k32-3x3-d2": dict(x=(2, 24, 9, 8), k=32, kernel=(3, 3), padding=1, dilation=2),
+    "c32-k48-3x3-g2": dict(x=(1, 32, 7, 6), k=48, kernel=(3, 3), padding=1, groups=2),
     # 16 output pixels: the weight and bias gradients in one split, stored by the kernel itself
     "c16-k20-3x3-one-split": dict(x=(1, 16, 4, 4), k=20, kernel=(3, 3), padding=1),
 }
@@ -125,13 +130,15 @@ def test_channel_blocked_float64(backend_device, name, layout):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("name", ["c17-k33-3x3", "c32-k20-3x3-s2", "c18-k17-5x3-s2x3-d2x1", "c16-k20-3x3-one-split"])
+@pytest.mark.parametrize("name", ["c17-k33-3x3", "c32-k20-3x3-s2", "c18-k17-5x3-s2x3-d2x1", "c16-k20-3x3-one-split",
+                                  "c16-k24-1x1-p1", "c24-k32-3x3-d2", "c32-k48-3x3-g2"])
 def test_channel_blocked_reduced_precision(backend_device, name, dtype):
     check_against_torch(BLOCKED_CASES[name], dtype, *backend_device, "channels_last")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("name", ["c17-k33-3x3", "c32-k20-3x3-s2", "c32-k32-3x3-s2-g2", "c16-k20-3x3-one-split"])
+@pytest.mark.parametrize("name", ["c17-k33-3x3", "c32-k20-3x3-s2", "c32-k32-3x3-s2-g2", "c16-k20-3x3-one-split",
+                                  "c24-k32-3x3-d2"])
 def test_channel_blocked_channels_last_weight(backend_device, name, dtype):
     # A channels_last weight: the triton input gradient reads it in place for 16-bit dtypes (no pack)
     check_against_torch(BLOCKED_CASES[name], dtype, *backend_device, "channels_last", weight_layout="channels_last")

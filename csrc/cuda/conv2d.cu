@@ -37,6 +37,26 @@
 // GEMM coordinates are int (the launchers check the extents); memory offsets
 // are int64 through each tensor's element strides, so NCHW, channels_last and
 // arbitrary views take the same path.
+//
+// Tensor cores (fp16/bf16 forward; conv2d_forward_tc_kernel): when x and the
+// weight have their channels contiguous and C/groups is a multiple of 8 (the
+// op layer makes channels_last copies to get there), the forward is an
+// implicit GEMM on mma.sync m16n8k16 with fp32 accumulators. Its reduction is
+// ordered (r, s, c): one K step is 32 channels of one tap, so every row of the
+// A slab (one output pixel) and of the B slab (one output channel) is 64
+// contiguous bytes: four 16-byte cp.async copies, zero-filled where the tap
+// falls in the padding or past C. A block of 8 warps owns a 128x128 tile
+// (pixels x output channels; 4 warps and 128x64 when K/groups <= 64), each
+// warp 64x32 (4x4 mma tiles, 64 fp32 accumulators per thread), and keeps 3
+// stages of slabs in flight (48 KB of shared memory, 36 KB for 128x64), so
+// the copies of steps i+1 and i+2 overlap the MMAs of step i. Fragments come from shared memory by ldmatrix.x4; the slabs' 16-byte
+// chunks are XOR-swizzled by row so that the 8 rows one ldmatrix phase reads
+// fall in 8 different bank groups. Each x element is read from global memory
+// once per tap and N tile (L2 absorbs the R*S overlap), each weight element
+// once per M tile; y is written once, in its memory format. The op layer also
+// runs the input gradient of a stride-1 conv on it (csrc/ops/conv2d_gpu.h): a
+// forward conv of dy, padded by dil*(R-1) - pad, through the weight packed as
+// (g, c, r, s, k) and read with negative tap strides (the flip).
 #ifndef CNNKERN_GPU_NS
 #define CNNKERN_GPU_NS cuda
 #endif
@@ -45,11 +65,13 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "cnnkern/conv2d_index.h"
 #include "cnnkern/conv2d_launch.h"
 #include "cnnkern/gpu_types.h"
 #include "cnnkern/launch.h"
+#include "cnnkern/mma.h"
 
 namespace cnnkern {
 namespace CNNKERN_GPU_NS {
@@ -352,6 +374,179 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   }
 }
 
+// ---- Tensor-core forward (fp16/bf16) ------------------------------------------
+
+namespace tc_fwd {
+// Block tile: 128 pixels x BN output channels x 32 channels of one tap, BN = 128
+// (8 warps) or 64 (4 warps, for layers with 64 or fewer output channels per
+// group); warp tile 64 x 32, i.e. 4 x 4 mma.m16n8k16 tiles.
+constexpr int kBM = 128, kBK = 32;
+constexpr int kWarpM = 64, kWarpN = 32;
+constexpr int kWarpsM = kBM / kWarpM;
+constexpr int kStages = 3;
+constexpr int kChunks = kBK / 8;  // 16-byte chunks per slab row
+template <int BN>
+struct Tile {
+  static constexpr int kThreads = kWarpsM * (BN / kWarpN) * 32;
+  static constexpr int kRowsPerPass = kThreads / kChunks;  // slab rows one pass of copies covers
+  static constexpr int kACopies = kBM / kRowsPerPass;      // copies per thread per stage
+  static constexpr int kBCopies = BN / kRowsPerPass;
+  static_assert(kACopies * kRowsPerPass == kBM && kBCopies * kRowsPerPass == BN, "copies cover the slabs");
+  // 3 stages of A and B slabs: 36 KB (BN 64) or 48 KB (BN 128), within the static limit
+  static_assert(kStages * (kBM + BN) * kBK * 2 <= 48 * 1024, "static shared memory");
+};
+
+// Element offset of chunk `chunk` of slab row `row`. Rows are 64 bytes, so
+// without the XOR rows r and r+2 would share banks and one ldmatrix phase (8
+// rows, one chunk column) would conflict 4 ways; with it, the 8 rows land in
+// 8 distinct 16-byte bank groups.
+__device__ __forceinline__ int swizzle(int row, int chunk) {
+  return row * kBK + ((chunk ^ ((row >> 1) & 3)) << 3);
+}
+
+template <typename T>
+__device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  if constexpr (std::is_same_v<T, c10::Half>)
+    tc::mma_m16n8k16_f16(d, a, b, d);
+  else
+    tc::mma_m16n8k16_bf16(d, a, b, d);
+}
+}  // namespace tc_fwd
+
+// Block (x, y, z): pixels [x*128, +128) x output channels [y*BN, +BN) of group z.
+// Requires (checked by the launcher): x and w channel stride 1, C/groups % 8 == 0,
+// every other stride of x and w a multiple of 8 elements, both 16-byte aligned.
+template <typename T, int BN>
+__global__ void __launch_bounds__(tc_fwd::Tile<BN>::kThreads)
+    conv2d_forward_tc_kernel(const Conv2dShape s, const T* x, const T* w, const T* bias, T* y,
+                             const int gemm_m, const int PQ, const int Q) {
+  using namespace tc_fwd;
+  constexpr int kBN = BN, kRowsPerPass = Tile<BN>::kRowsPerPass;
+  constexpr int kACopies = Tile<BN>::kACopies, kBCopies = Tile<BN>::kBCopies;
+  __shared__ __align__(128) uint16_t a_smem[kStages][kBM * kBK];
+  __shared__ __align__(128) uint16_t b_smem[kStages][kBN * kBK];
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int lane = tid % 32, warp = tid / 32;
+  const int warp_m = warp % kWarpsM, warp_n = warp / kWarpsM;
+  const int m0 = static_cast<int>(blockIdx.x) * kBM;
+  const int n0 = static_cast<int>(blockIdx.y) * kBN;
+  const int group = static_cast<int>(blockIdx.z);
+  const int c_g = static_cast<int>(s.c_per_group()), k_g = static_cast<int>(s.k_per_group());
+
+  // This thread copies chunk `chunk` of slab rows copy_row + kRowsPerPass * i.
+  // Per A row: the image's base pointer and the input pixel of tap (0, 0).
+  const int chunk = tid % kChunks, copy_row = tid / kChunks;
+  const T* a_base[kACopies];
+  int a_h[kACopies], a_w[kACopies];
+  CNNKERN_UNROLL
+  for (int i = 0; i < kACopies; ++i) {
+    const int m = m0 + copy_row + kRowsPerPass * i;
+    const int mm = m < gemm_m ? m : 0;
+    const int n = mm / PQ, pq = mm - n * PQ, p = pq / Q, q = pq - p * Q;
+    a_base[i] = x + n * s.x_stride[0] + static_cast<int64_t>(group) * c_g + chunk * 8;
+    a_h[i] = m < gemm_m ? p * static_cast<int>(s.stride_h) - static_cast<int>(s.pad_h) : INT_MIN / 2;
+    a_w[i] = q * static_cast<int>(s.stride_w) - static_cast<int>(s.pad_w);
+  }
+  const T* b_base[kBCopies];
+  bool b_ok[kBCopies];
+  CNNKERN_UNROLL
+  for (int j = 0; j < kBCopies; ++j) {
+    const int k = n0 + copy_row + kRowsPerPass * j;
+    b_ok[j] = k < k_g;
+    b_base[j] = w + (static_cast<int64_t>(group) * k_g + (b_ok[j] ? k : 0)) * s.w_stride[0] + chunk * 8;
+  }
+
+  // K steps walk (r, s, c0) with counters: c0 fastest, then s, then r.
+  const int c_steps = (c_g + kBK - 1) / kBK;
+  const int steps = static_cast<int>(s.R * s.S) * c_steps;
+  int load_r = 0, load_s = 0, load_c = 0;
+  auto load_stage = [&](int stage) {
+    const bool c_ok = load_c + chunk * 8 < c_g;
+    const int dh = load_r * static_cast<int>(s.dil_h), dw = load_s * static_cast<int>(s.dil_w);
+    CNNKERN_UNROLL
+    for (int i = 0; i < kACopies; ++i) {
+      const int h = a_h[i] + dh, wi = a_w[i] + dw;
+      const bool ok = c_ok && h >= 0 && h < s.H && wi >= 0 && wi < s.W;
+      const T* src = ok ? a_base[i] + h * s.x_stride[2] + wi * s.x_stride[3] + load_c : x;
+      tc::cp_async_16(&a_smem[stage][swizzle(copy_row + kRowsPerPass * i, chunk)], src, ok ? 16 : 0);
+    }
+    CNNKERN_UNROLL
+    for (int j = 0; j < kBCopies; ++j) {
+      const bool ok = c_ok && b_ok[j];
+      const T* src = ok ? b_base[j] + load_r * s.w_stride[2] + load_s * s.w_stride[3] + load_c : w;
+      tc::cp_async_16(&b_smem[stage][swizzle(copy_row + kRowsPerPass * j, chunk)], src, ok ? 16 : 0);
+    }
+    load_c += kBK;
+    if (load_c >= c_g) {
+      load_c = 0;
+      if (++load_s == s.S) load_s = 0, ++load_r;
+    }
+  };
+
+  float acc[4][4][4] = {};
+  CNNKERN_UNROLL
+  for (int st = 0; st < kStages - 1; ++st) {
+    if (st < steps) load_stage(st);
+    tc::cp_async_commit_group();  // empty groups keep the count uniform
+  }
+  // ldmatrix.x4 row addresses (see cnnkern/mma.h): A, matrices (rows 0-7 | 8-15) x (k 0-7 | 8-15)
+  // as registers a0..a3 of m16n8k16; B (rows = output channels), matrices
+  // (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15): b0, b1 of two n8 tiles.
+  const int a_row = warp_m * kWarpM + lane % 8 + 8 * ((lane / 8) % 2), a_chunk = lane / 16;
+  const int b_row = warp_n * kWarpN + lane % 8 + 8 * (lane / 16), b_chunk = (lane / 8) % 2;
+  for (int step = 0; step < steps; ++step) {
+    tc::cp_async_wait_group<kStages - 2>();  // this thread's copies of `step` have landed
+    __syncthreads();                          // everyone's have, and step-1's slabs are free
+    if (step + kStages - 1 < steps) load_stage((step + kStages - 1) % kStages);
+    tc::cp_async_commit_group();
+    const uint16_t* a_tile = a_smem[step % kStages];
+    const uint16_t* b_tile = b_smem[step % kStages];
+    CNNKERN_UNROLL
+    for (int kk = 0; kk < kBK / 16; ++kk) {
+      uint32_t a[4][4], b[4][2];
+      CNNKERN_UNROLL
+      for (int mi = 0; mi < 4; ++mi) tc::ldmatrix(a[mi], a_tile + swizzle(a_row + 16 * mi, 2 * kk + a_chunk));
+      CNNKERN_UNROLL
+      for (int nj = 0; nj < 4; nj += 2) {
+        uint32_t r[4];
+        tc::ldmatrix(r, b_tile + swizzle(b_row + 8 * nj, 2 * kk + b_chunk));
+        b[nj][0] = r[0], b[nj][1] = r[1], b[nj + 1][0] = r[2], b[nj + 1][1] = r[3];
+      }
+      CNNKERN_UNROLL
+      for (int mi = 0; mi < 4; ++mi) {
+        CNNKERN_UNROLL
+        for (int nj = 0; nj < 4; ++nj) mma<T>(acc[mi][nj], a[mi], b[nj]);
+      }
+    }
+  }
+  tc::cp_async_wait_all();
+
+  // Epilogue: lane holds rows g, g+8 and columns 2t, 2t+1 of each 16x8 tile (g = lane/4, t = lane%4).
+  const int64_t k_base = static_cast<int64_t>(group) * k_g;
+  CNNKERN_UNROLL
+  for (int mi = 0; mi < 4; ++mi) {
+    CNNKERN_UNROLL
+    for (int half = 0; half < 2; ++half) {
+      const int m = m0 + warp_m * kWarpM + 16 * mi + lane / 4 + 8 * half;
+      if (m >= gemm_m) continue;
+      const int n = m / PQ, pq = m - n * PQ, p = pq / Q, q = pq - p * Q;
+      T* out = y + n * s.y_stride[0] + p * s.y_stride[2] + q * s.y_stride[3];
+      CNNKERN_UNROLL
+      for (int nj = 0; nj < 4; ++nj) {
+        CNNKERN_UNROLL
+        for (int e = 0; e < 2; ++e) {
+          const int k = n0 + warp_n * kWarpN + 8 * nj + 2 * (lane % 4) + e;
+          if (k >= k_g) continue;
+          float v = acc[mi][nj][2 * half + e];
+          if (bias) v += static_cast<float>(bias[k_base + k]);
+          out[(k_base + k) * s.y_stride[1]] = static_cast<T>(v);
+        }
+      }
+    }
+  }
+}
+
 // ---- Small kernels -----------------------------------------------------------
 
 // dw[k][c][r][s] = workspace[k][c][r][s], through dw's strides and dtype.
@@ -460,7 +655,33 @@ void conv2d_forward(const Conv2dShape& s, const T* x, const T* w, const T* bias,
   prob.Q = static_cast<int>(s.Q);
   prob.RS = checked_extent(s.R * s.S, "R*S");
   prob.S = static_cast<int>(s.S);
+  if constexpr (std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>) {
+    if (conv2d_forward_uses_tensor_cores(s, x, w) && prob.gemm_m > 0 && prob.gemm_n > 0) {
+      auto launch_tc = [&](auto bn) {
+        constexpr int BN = decltype(bn)::value;
+        const dim3 grid(static_cast<unsigned>(ceil_div(prob.gemm_m, tc_fwd::kBM)),
+                        static_cast<unsigned>(ceil_div(prob.gemm_n, BN)), static_cast<unsigned>(s.groups));
+        if (grid.y > kMaxGridYZ || grid.z > kMaxGridYZ)
+          throw std::invalid_argument("cnnkern conv2d (GPU): too many channel tiles or groups for the grid");
+        launch_kernel(conv2d_forward_tc_kernel<T, BN>, grid, dim3(tc_fwd::Tile<BN>::kThreads), 0, stream, s, x,
+                      w, bias, y, prob.gemm_m, prob.PQ, prob.Q);
+      };
+      if (prob.gemm_n > 64)
+        launch_tc(std::integral_constant<int, 128>{});
+      else
+        launch_tc(std::integral_constant<int, 64>{});
+      return;
+    }
+  }
   launch_gemm(prob, s.groups, stream);
+}
+
+bool conv2d_forward_uses_tensor_cores(const Conv2dShape& s, const void* x, const void* w) {
+  auto aligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
+  auto by8 = [](const int64_t (&st)[4]) { return st[0] % 8 == 0 && st[2] % 8 == 0 && st[3] % 8 == 0; };
+  return s.groups > 0 && s.c_per_group() % 8 == 0 && s.x_stride[1] == 1 && s.w_stride[1] == 1 &&
+         by8(s.x_stride) && by8(s.w_stride) && aligned(x) && aligned(w) && s.H <= INT_MAX / 4 &&
+         s.W <= INT_MAX / 4;
 }
 
 template <typename T>

@@ -8,12 +8,22 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <iterator>
+
 #include "cnnkern/conv2d_launch.h"
 #include "conv2d_common.h"
 
 namespace cnnkern::CNNKERN_GPU_NS {
 
 gpu_stream_t current_stream(const at::Tensor& t);
+
+// t itself when its channels are contiguous (and its other strides whole
+// 16-byte multiples), else a channels_last copy.
+inline at::Tensor channels_inner(const at::Tensor& t) {
+  const bool ok = t.stride(1) == 1 && t.stride(0) % 8 == 0 && t.stride(2) % 8 == 0 && t.stride(3) % 8 == 0;
+  return ok ? t : t.contiguous(at::MemoryFormat::ChannelsLast);
+}
 
 inline at::Tensor conv2d_op(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
@@ -23,8 +33,17 @@ inline at::Tensor conv2d_op(const at::Tensor& input, const at::Tensor& weight, c
   if (y.numel() == 0) return y;
   fill_strides(s.y_stride, y);
   const std::optional<at::Tensor> b = bias.has_value() ? std::optional(bias->contiguous()) : std::nullopt;
+  // fp16/bf16 with whole 16-byte channel chunks run on tensor cores, which gather
+  // channels_last x and weight (copied here when they are not: one read and one
+  // write each, small beside the GEMM); y keeps torch's memory format.
+  const auto dtype = input.scalar_type();
+  const bool tensor_cores = (dtype == at::kHalf || dtype == at::kBFloat16) && s.c_per_group() % 8 == 0;
+  const at::Tensor x = tensor_cores ? channels_inner(input) : input;
+  const at::Tensor w = tensor_cores ? channels_inner(weight) : weight;
+  fill_strides(s.x_stride, x);
+  fill_strides(s.w_stride, w);
   CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_conv2d_gpu", [&] {
-    conv2d_forward<scalar_t>(s, input.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+    conv2d_forward<scalar_t>(s, x.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
                              b.has_value() ? b->const_data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(),
                              current_stream(input));
   });
@@ -41,6 +60,37 @@ inline at::Tensor conv2d_backward_input_op(const at::Tensor& grad_output, const 
   if (grad_output.numel() == 0) return dx.zero_();
   fill_strides(s.x_stride, dx);
   fill_strides(s.y_stride, grad_output);
+  const auto dtype = input.scalar_type();
+  if ((dtype == at::kHalf || dtype == at::kBFloat16) && s.stride_h == 1 && s.stride_w == 1 &&
+      s.k_per_group() % 8 == 0) {
+    // With stride 1 the input gradient is itself a convolution: of dy, padded by
+    // dil*(R-1) - pad, through the weight with its taps flipped and its channel
+    // roles swapped, W'[g c][k][r][s] = W[g k][c][R-1-r][S-1-s]. That runs on the
+    // forward's tensor-core kernel. One copy packs W as (g, c, r, s, k), the
+    // reduction over k contiguous; the flip is negative tap strides from the
+    // last tap.
+    const at::Tensor dy = channels_inner(grad_output);
+    const int64_t k_g = s.k_per_group();
+    const at::Tensor w_t =
+        weight.view({s.groups, k_g, s.c_per_group(), s.R, s.S}).permute({0, 2, 3, 4, 1}).contiguous();
+    Conv2dShape t = s;
+    t.C = s.K, t.H = s.P, t.W = s.Q, t.K = s.C, t.P = s.H, t.Q = s.W;
+    t.pad_h = s.dil_h * (s.R - 1) - s.pad_h;
+    t.pad_w = s.dil_w * (s.S - 1) - s.pad_w;
+    fill_strides(t.x_stride, dy);
+    const int64_t w_t_stride[4] = {s.R * s.S * k_g, 1, -s.S * k_g, -k_g};
+    std::copy(std::begin(w_t_stride), std::end(w_t_stride), std::begin(t.w_stride));
+    const int64_t last_tap = (s.R - 1) * s.S * k_g + (s.S - 1) * k_g;
+    std::copy(std::begin(s.x_stride), std::end(s.x_stride), std::begin(t.y_stride));
+    const void* w_last = static_cast<const char*>(w_t.const_data_ptr()) + last_tap * w_t.element_size();
+    if (conv2d_forward_uses_tensor_cores(t, dy.const_data_ptr(), w_last)) {
+      CNNKERN_DISPATCH_FLOATS(dtype, "cnnkern_conv2d_dgrad_gpu", [&] {
+        conv2d_forward<scalar_t>(t, dy.const_data_ptr<scalar_t>(), static_cast<const scalar_t*>(w_last), nullptr,
+                                 dx.data_ptr<scalar_t>(), current_stream(input));
+      });
+      return dx;
+    }
+  }
   CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_conv2d_dgrad_gpu", [&] {
     conv2d_backward_input<scalar_t>(s, grad_output.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
                                     dx.data_ptr<scalar_t>(), current_stream(input));

@@ -238,7 +238,8 @@ void run_case(const Case& c, uint32_t seed) {
     const auto t0 = std::chrono::steady_clock::now();
     kern::conv2d_forward<T>(s, x.data.data(), w.data.data(), c.bias ? bias.data() : nullptr,
                             y.data.data(), nullptr);
-    report("forward", c, y, ref, ms_since(t0));
+    const bool tc = sizeof(T) == 2 && kern::conv2d_forward_uses_tensor_cores(s, x.data.data(), w.data.data());
+    report(tc ? "forward (mma)" : "forward", c, y, ref, ms_since(t0));
   }
   // backward input
   {
@@ -324,6 +325,14 @@ int main() {
       {"kernel>input 3x4 k2 5x5 p2", 3, 2, 3, 4, 2, 5, 5, 1, 1, 2, 2, 1, 1, 1, L::Contiguous, L::Contiguous, L::Contiguous, true},
       {"groups=3 C9 K6 s2 d2 p2 7x8", 2, 9, 7, 8, 6, 3, 3, 2, 2, 2, 2, 2, 2, 3, L::Strided, L::ChannelsLast, L::Contiguous, true},
       {"multi-tile 3x20x17x15 k70 3x3 p1", 3, 20, 17, 15, 70, 3, 3, 1, 1, 1, 1, 1, 1, 1, L::ChannelsLast, L::ChannelsLast, L::ChannelsLast, true},
+      // Half/BFloat16 forward on tensor cores (channels-contiguous x and w, C/groups % 8 == 0):
+      // a ragged N tile; a channel chunk past C (40 = 32 + 8) and two M and N tiles into an NCHW y;
+      // groups with 16 channels each; dilation and stride into padding.
+      {"tensor cores C32 K20 9x11 3x3 s2 p1", 2, 32, 9, 11, 20, 3, 3, 2, 2, 1, 1, 1, 1, 1, L::ChannelsLast, L::ChannelsLast, L::ChannelsLast, true},
+      {"tensor cores C40 K70 9x8 3x3 p1 y nchw", 3, 40, 9, 8, 70, 3, 3, 1, 1, 1, 1, 1, 1, 1, L::ChannelsLast, L::ChannelsLast, L::Contiguous, true},
+      {"tensor cores groups=2 C32 K24 6x7 3x3 p1", 2, 32, 6, 7, 24, 3, 3, 1, 1, 1, 1, 1, 1, 2, L::ChannelsLast, L::ChannelsLast, L::ChannelsLast, false},
+      {"tensor cores 1x1 C16 K136 5x6 (two 128-wide N tiles)", 2, 16, 5, 6, 136, 1, 1, 1, 1, 0, 0, 1, 1, 1, L::ChannelsLast, L::ChannelsLast, L::ChannelsLast, true},
+      {"tensor cores C8 K8 7x7 3x2 d(2,3) p2 s(1,2)", 1, 8, 7, 7, 8, 3, 2, 1, 2, 2, 2, 2, 3, 1, L::ChannelsLast, L::ChannelsLast, L::Strided, true},
   };
 
   const auto t0 = std::chrono::steady_clock::now();

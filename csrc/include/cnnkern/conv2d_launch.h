@@ -16,6 +16,12 @@
 namespace cnnkern {
 namespace CNNKERN_GPU_NS {
 
+// Whether conv2d_forward takes the tensor-core kernel (fp16/bf16 only): x and
+// w with channel stride 1 and their other strides multiples of 8 elements,
+// 16-byte aligned, C/groups a multiple of 8. The op layer makes channels_last
+// copies to get there.
+bool conv2d_forward_uses_tensor_cores(const Conv2dShape& s, const void* x, const void* w);
+
 // y = conv(x, w) + bias   (bias may be null)
 template <typename T>
 void conv2d_forward(const Conv2dShape& s, const T* x, const T* w, const T* bias,
