@@ -1,6 +1,6 @@
 """The compiled CUDA kernels, read from the built extension's SASS (cuobjdump; no GPU needed):
-the fp16/bf16 conv forward runs on tensor cores (mma.sync fed by ldmatrix from cp.async-staged
-shared memory) for every architecture built, and no kernel spills to local memory."""
+the fp16/bf16 conv forward and weight gradient run on tensor cores (mma.sync fed by ldmatrix from
+cp.async-staged shared memory) for every architecture built, and no kernel spills to local memory."""
 import glob
 import os
 import re
@@ -55,15 +55,19 @@ def _functions(arch: str) -> dict:
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_the_16_bit_conv_forward_is_on_tensor_cores(arch):
-    kernels = {k: v for k, v in _functions(arch).items() if "conv2d_forward_tc_kernel" in k}
+@pytest.mark.parametrize("kernel,ldmatrix", [("conv2d_forward_tc_kernel", "LDSM.16.M88.4"),
+                                             ("conv2d_backward_weight_tc_kernel", "LDSM.16.MT88.4")])
+def test_the_16_bit_conv_kernels_are_on_tensor_cores(arch, kernel, ldmatrix):
+    # the forward (also the stride-1 input gradient) reads K-major slabs, the weight gradient
+    # pixel-major ones through ldmatrix .trans
+    kernels = {k: v for k, v in _functions(arch).items() if kernel in k}
     # fp16 and bf16, each with a 128x128 and a 128x64 tile
     assert {"Half" in k or "BFloat16" in k for k in kernels} == {True} and len(kernels) == 4, sorted(kernels)
     for name, sass in kernels.items():
         mma = "HMMA.16816.F32.BF16" if "BFloat16" in name else "HMMA.16816.F32"
-        # one K step per warp: 4 x 4 tiles of 16x8 for each of the two k16 halves of the 32 channels
+        # one K step per warp: 4 x 4 tiles of 16x8 for each of the two k16 halves of the 32-deep step
         assert len(re.findall(re.escape(mma) + r"\s", sass)) >= 32, name
-        assert "LDSM.16.M88.4" in sass and "LDGSTS.E.BYPASS.128.ZFILL" in sass and "DEPBAR" in sass, name
+        assert ldmatrix in sass and "LDGSTS.E.BYPASS.128.ZFILL" in sass and "DEPBAR" in sass, name
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])

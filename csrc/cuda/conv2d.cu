@@ -547,6 +547,152 @@ __global__ void __launch_bounds__(tc_fwd::Tile<BN>::kThreads)
   }
 }
 
+// ---- Tensor-core weight gradient (fp16/bf16) -----------------------------------
+// dw[k][(r, s, c)] = sum over pixels of dy[pixel][k] * x[pixel shifted by (r, s)][c]:
+// a GEMM with M = K/groups, N = one tap's C/groups channels, reduction = the
+// N*P*Q output pixels, split over grid.z like the CUDA-core path (fp32 atomics
+// into the zeroed workspace, one split in deterministic mode). A K step is 32
+// pixels: the A slab holds their dy rows (128 output channels, 16 chunks of 16
+// bytes each) and the B slab their x rows at this block's tap (BN channels),
+// both channels-contiguous, so both operands are M/N-major in shared memory and
+// reach the MMAs through ldmatrix .trans. Tiles, warps, stages and the cp.async
+// pipeline are the forward's; chunks are swizzled by row % 8 (256-byte rows).
+
+namespace tc_wgrad {
+constexpr int kBM = 128, kBK = 32;  // output channels x pixels per K step
+constexpr int kWarpM = 64, kWarpN = 32, kWarpsM = kBM / kWarpM, kStages = 3;
+template <int BN>
+struct Tile {
+  static constexpr int kThreads = kWarpsM * (BN / kWarpN) * 32;
+  static constexpr int kAChunks = kBM / 8, kBChunks = BN / 8;  // 16-byte chunks per slab row
+  static constexpr int kACopies = kBK * kAChunks / kThreads, kBCopies = kBK * kBChunks / kThreads;
+  static_assert(kACopies * kThreads == kBK * kAChunks && kBCopies * kThreads == kBK * kBChunks, "copies");
+  static_assert(kStages * (kBM + BN) * kBK * 2 <= 48 * 1024, "static shared memory");
+};
+
+// Element offset of chunk `chunk` of row `row` in a slab with `chunks` per row.
+__device__ __forceinline__ int swizzle(int row, int chunk, int chunks) {
+  return (row * chunks + (chunk ^ (row & 7))) << 3;
+}
+}  // namespace tc_wgrad
+
+// Block (x, y, z): output channels [x*128, +128) x channels [c0, c0 + BN) of tap
+// y / c_tiles (c0 = y % c_tiles * BN), group z / splits, pixels of split z % splits.
+template <typename T, int BN>
+__global__ void __launch_bounds__(tc_wgrad::Tile<BN>::kThreads)
+    conv2d_backward_weight_tc_kernel(const Conv2dShape s, const T* dy, const T* x, float* workspace,
+                                     const int npq, const int PQ, const int Q, const int c_tiles,
+                                     const int splits, const int steps_per_split) {
+  using namespace tc_wgrad;
+  using Tl = Tile<BN>;
+  __shared__ __align__(128) uint16_t a_smem[kStages][kBK * kBM];
+  __shared__ __align__(128) uint16_t b_smem[kStages][kBK * BN];
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int lane = tid % 32, warp = tid / 32;
+  const int warp_m = warp % kWarpsM, warp_n = warp / kWarpsM;
+  const int c_g = static_cast<int>(s.c_per_group()), k_g = static_cast<int>(s.k_per_group());
+  const int m0 = static_cast<int>(blockIdx.x) * kBM;
+  const int tap = static_cast<int>(blockIdx.y) / c_tiles, c0 = static_cast<int>(blockIdx.y) % c_tiles * BN;
+  const int r = tap / static_cast<int>(s.S), t_s = tap % static_cast<int>(s.S);
+  const int group = static_cast<int>(blockIdx.z) / splits;
+  const int pix_begin = static_cast<int>(blockIdx.z) % splits * steps_per_split * kBK;
+  const int pix_end = npq - pix_begin < steps_per_split * kBK ? npq : pix_begin + steps_per_split * kBK;
+  const int steps = pix_end > pix_begin ? (pix_end - pix_begin + kBK - 1) / kBK : 0;
+
+  // Copy layout: A chunk tid % 16 of pixel rows tid / 16 + (threads / 16) * i; B likewise.
+  const int a_chunk = tid % Tl::kAChunks, a_row0 = tid / Tl::kAChunks;
+  const int b_chunk = tid % Tl::kBChunks, b_row0 = tid / Tl::kBChunks;
+  const bool a_chunk_ok = m0 + a_chunk * 8 < k_g, b_chunk_ok = c0 + b_chunk * 8 < c_g;
+  const T* dy_col = dy + static_cast<int64_t>(group) * k_g + m0 + a_chunk * 8;
+  const T* x_col = x + static_cast<int64_t>(group) * c_g + c0 + b_chunk * 8;
+  const int dh = r * static_cast<int>(s.dil_h) - static_cast<int>(s.pad_h);
+  const int dw = t_s * static_cast<int>(s.dil_w) - static_cast<int>(s.pad_w);
+  int load_step = 0;
+  auto load_stage = [&](int stage) {
+    const int base = pix_begin + load_step * kBK;
+    CNNKERN_UNROLL
+    for (int i = 0; i < Tl::kACopies; ++i) {
+      const int row = a_row0 + (Tl::kThreads / Tl::kAChunks) * i, pix = base + row;
+      const bool ok = a_chunk_ok && pix < pix_end;
+      const int pp = ok ? pix : 0, n = pp / PQ, pq = pp - n * PQ, p = pq / Q, q = pq - p * Q;
+      const T* src = ok ? dy_col + n * s.y_stride[0] + p * s.y_stride[2] + q * s.y_stride[3] : dy;
+      tc::cp_async_16(&a_smem[stage][swizzle(row, a_chunk, Tl::kAChunks)], src, ok ? 16 : 0);
+    }
+    CNNKERN_UNROLL
+    for (int i = 0; i < Tl::kBCopies; ++i) {
+      const int row = b_row0 + (Tl::kThreads / Tl::kBChunks) * i, pix = base + row;
+      const int pp = pix < pix_end ? pix : 0, n = pp / PQ, pq = pp - n * PQ, p = pq / Q, q = pq - p * Q;
+      const int h = p * static_cast<int>(s.stride_h) + dh, w = q * static_cast<int>(s.stride_w) + dw;
+      const bool ok = b_chunk_ok && pix < pix_end && h >= 0 && h < s.H && w >= 0 && w < s.W;
+      const T* src = ok ? x_col + n * s.x_stride[0] + h * s.x_stride[2] + w * s.x_stride[3] : x;
+      tc::cp_async_16(&b_smem[stage][swizzle(row, b_chunk, Tl::kBChunks)], src, ok ? 16 : 0);
+    }
+    ++load_step;
+  };
+
+  float acc[4][4][4] = {};
+  CNNKERN_UNROLL
+  for (int st = 0; st < kStages - 1; ++st) {
+    if (st < steps) load_stage(st);
+    tc::cp_async_commit_group();
+  }
+  // ldmatrix.x4.trans: slab rows are pixels (the reduction). Lane i addresses row
+  // i % 8 of matrix j = i / 8. A matrices (m 0-7 | 8-15) x (k 0-7 | 8-15) in the
+  // order of a0..a3; B matrices (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15),
+  // (k 8-15, n 8-15): b0, b1 of two n8 tiles.
+  const int j = lane / 8;
+  const int a_row = lane % 8 + 8 * (j / 2), a_col = (warp_m * kWarpM) / 8 + j % 2;
+  const int b_row = lane % 8 + 8 * (j % 2), b_col = (warp_n * kWarpN) / 8 + j / 2;
+  for (int step = 0; step < steps; ++step) {
+    tc::cp_async_wait_group<kStages - 2>();
+    __syncthreads();
+    if (step + kStages - 1 < steps) load_stage((step + kStages - 1) % kStages);
+    tc::cp_async_commit_group();
+    const uint16_t* a_tile = a_smem[step % kStages];
+    const uint16_t* b_tile = b_smem[step % kStages];
+    CNNKERN_UNROLL
+    for (int kk = 0; kk < kBK / 16; ++kk) {
+      uint32_t a[4][4], b[4][2];
+      CNNKERN_UNROLL
+      for (int mi = 0; mi < 4; ++mi)
+        tc::ldmatrix_trans(a[mi], a_tile + swizzle(16 * kk + a_row, a_col + 2 * mi, Tl::kAChunks));
+      CNNKERN_UNROLL
+      for (int nj = 0; nj < 4; nj += 2) {
+        uint32_t q[4];
+        tc::ldmatrix_trans(q, b_tile + swizzle(16 * kk + b_row, b_col + nj, Tl::kBChunks));
+        b[nj][0] = q[0], b[nj][1] = q[1], b[nj + 1][0] = q[2], b[nj + 1][1] = q[3];
+      }
+      CNNKERN_UNROLL
+      for (int mi = 0; mi < 4; ++mi) {
+        CNNKERN_UNROLL
+        for (int nj = 0; nj < 4; ++nj) tc_fwd::mma<T>(acc[mi][nj], a[mi], b[nj]);
+      }
+    }
+  }
+  tc::cp_async_wait_all();
+
+  // workspace[k][c][r][s] (the CUDA-core path's layout), one atomic add per element and split
+  const int64_t rs = s.R * s.S, crs = c_g * rs;
+  CNNKERN_UNROLL
+  for (int mi = 0; mi < 4; ++mi) {
+    CNNKERN_UNROLL
+    for (int half = 0; half < 2; ++half) {
+      const int k = m0 + warp_m * kWarpM + 16 * mi + lane / 4 + 8 * half;
+      if (k >= k_g) continue;
+      float* row = workspace + (static_cast<int64_t>(group) * k_g + k) * crs + tap;
+      CNNKERN_UNROLL
+      for (int nj = 0; nj < 4; ++nj) {
+        CNNKERN_UNROLL
+        for (int e = 0; e < 2; ++e) {
+          const int c = c0 + warp_n * kWarpN + 8 * nj + 2 * (lane % 4) + e;
+          if (c < c_g) atomicAdd(row + c * rs, acc[mi][nj][2 * half + e]);
+        }
+      }
+    }
+  }
+}
+
 // ---- Small kernels -----------------------------------------------------------
 
 // dw[k][c][r][s] = workspace[k][c][r][s], through dw's strides and dtype.
@@ -684,6 +830,14 @@ bool conv2d_forward_uses_tensor_cores(const Conv2dShape& s, const void* x, const
          s.W <= INT_MAX / 4;
 }
 
+bool conv2d_backward_weight_uses_tensor_cores(const Conv2dShape& s, const void* dy, const void* x) {
+  auto aligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
+  auto by8 = [](const int64_t (&st)[4]) { return st[0] % 8 == 0 && st[2] % 8 == 0 && st[3] % 8 == 0; };
+  return s.groups > 0 && s.c_per_group() % 8 == 0 && s.k_per_group() % 8 == 0 && s.x_stride[1] == 1 &&
+         s.y_stride[1] == 1 && by8(s.x_stride) && by8(s.y_stride) && aligned(x) && aligned(dy) &&
+         s.H <= INT_MAX / 4 && s.W <= INT_MAX / 4;
+}
+
 template <typename T>
 void conv2d_backward_input(const Conv2dShape& s, const T* dy, const T* w, T* dx,
                            gpu_stream_t stream) {
@@ -718,7 +872,36 @@ void conv2d_backward_weight(const Conv2dShape& s, const T* dy, const T* x, T* dw
   prob.RS = checked_extent(s.R * s.S, "R*S");
   prob.S = static_cast<int>(s.S);
 
-  if (prob.gemm_m > 0 && prob.gemm_n > 0 && prob.gemm_k > 0 && s.groups > 0) {
+  bool tensor_cores = false;
+  if constexpr (std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>)
+    tensor_cores = conv2d_backward_weight_uses_tensor_cores(s, dy, x);
+  if (tensor_cores && prob.gemm_m > 0 && prob.gemm_n > 0 && prob.gemm_k > 0) {
+    if constexpr (std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>) {
+      auto launch_tc = [&](auto bn) {
+        constexpr int BN = decltype(bn)::value;
+        const int64_t c_tiles = ceil_div(s.c_per_group(), BN);
+        const int64_t tiles = ceil_div(prob.gemm_m, tc_wgrad::kBM) * s.R * s.S * c_tiles * s.groups;
+        const int64_t steps = ceil_div(prob.gemm_k, tc_wgrad::kBK);
+        int64_t splits = ceil_div(2 * multiprocessor_count(), tiles);  // two waves of the SMs
+        if (splits > ceil_div(steps, kMinStepsPerSplit)) splits = ceil_div(steps, kMinStepsPerSplit);
+        if (splits > kMaxGridYZ / s.groups) splits = kMaxGridYZ / s.groups;
+        if (splits < 1 || deterministic) splits = 1;
+        const int64_t steps_per_split = ceil_div(steps, splits);
+        splits = ceil_div(steps, steps_per_split);
+        if (s.R * s.S * c_tiles > kMaxGridYZ)
+          throw std::invalid_argument("cnnkern conv2d (GPU): too many taps and channel tiles for the grid");
+        const dim3 grid(static_cast<unsigned>(ceil_div(prob.gemm_m, tc_wgrad::kBM)),
+                        static_cast<unsigned>(s.R * s.S * c_tiles), static_cast<unsigned>(s.groups * splits));
+        launch_kernel(conv2d_backward_weight_tc_kernel<T, BN>, grid, dim3(tc_wgrad::Tile<BN>::kThreads), 0,
+                      stream, s, dy, x, static_cast<float*>(workspace), prob.gemm_k, prob.PQ, prob.Q,
+                      static_cast<int>(c_tiles), static_cast<int>(splits), static_cast<int>(steps_per_split));
+      };
+      if (s.c_per_group() > 64)
+        launch_tc(std::integral_constant<int, 128>{});
+      else
+        launch_tc(std::integral_constant<int, 64>{});
+    }
+  } else if (prob.gemm_m > 0 && prob.gemm_n > 0 && prob.gemm_k > 0 && s.groups > 0) {
     const int64_t tiles = ceil_div(prob.gemm_m, kTileM) * ceil_div(prob.gemm_n, kTileN) * s.groups;
     const int64_t steps = ceil_div(prob.gemm_k, kTileK);
     int64_t splits = ceil_div(kTargetBlocksPerSm * multiprocessor_count(), tiles);

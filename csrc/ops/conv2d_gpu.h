@@ -107,11 +107,19 @@ inline at::Tensor conv2d_backward_weight_op(const at::Tensor& grad_output, const
   if (dw.numel() == 0) return dw;
   if (s.N == 0) return dw.zero_();
   fill_strides(s.w_stride, dw);
-  fill_strides(s.y_stride, grad_output);
+  // fp16/bf16 with whole 16-byte channel chunks on both sides run on tensor
+  // cores, which gather channels_last dy and x (copied here when they are not).
+  const auto dtype = input.scalar_type();
+  const bool tensor_cores = (dtype == at::kHalf || dtype == at::kBFloat16) && s.c_per_group() % 8 == 0 &&
+                            s.k_per_group() % 8 == 0;
+  const at::Tensor dy = tensor_cores ? channels_inner(grad_output) : grad_output;
+  const at::Tensor x = tensor_cores ? channels_inner(input) : input;
+  fill_strides(s.y_stride, dy);
+  fill_strides(s.x_stride, x);
   const auto acc = acc_dtype(input.scalar_type());
   at::Tensor workspace = at::zeros({dw.numel()}, input.options().dtype(acc));
   CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_conv2d_wgrad_gpu", [&] {
-    conv2d_backward_weight<scalar_t>(s, grad_output.const_data_ptr<scalar_t>(), input.const_data_ptr<scalar_t>(),
+    conv2d_backward_weight<scalar_t>(s, dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
                                      dw.data_ptr<scalar_t>(), workspace.data_ptr<acc_t<scalar_t>>(),
                                      at::globalContext().deterministicAlgorithms(), current_stream(input));
   });

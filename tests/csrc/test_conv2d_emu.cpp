@@ -267,7 +267,9 @@ void run_case(const Case& c, uint32_t seed) {
       const auto t0 = std::chrono::steady_clock::now();
       kern::conv2d_backward_weight<T>(s, dy.data.data(), x.data.data(), dw.data.data(),
                                       workspace.data(), deterministic, nullptr);
-      report(deterministic ? "bwd_weight_det" : "backward_weight", c, dw, ref, ms_since(t0));
+      const bool tc = sizeof(T) == 2 && kern::conv2d_backward_weight_uses_tensor_cores(s, dy.data.data(), x.data.data());
+      report(deterministic ? (tc ? "bwd_w_det (mma)" : "bwd_weight_det") : (tc ? "bwd_weight (mma)" : "backward_weight"),
+             c, dw, ref, ms_since(t0));
     }
   }
   // backward bias (db is a contiguous vector: view it as [K][1][1][1])
@@ -332,6 +334,9 @@ int main() {
       {"tensor cores C40 K70 9x8 3x3 p1 y nchw", 3, 40, 9, 8, 70, 3, 3, 1, 1, 1, 1, 1, 1, 1, L::ChannelsLast, L::ChannelsLast, L::Contiguous, true},
       {"tensor cores groups=2 C32 K24 6x7 3x3 p1", 2, 32, 6, 7, 24, 3, 3, 1, 1, 1, 1, 1, 1, 2, L::ChannelsLast, L::ChannelsLast, L::ChannelsLast, false},
       {"tensor cores 1x1 C16 K136 5x6 (two 128-wide N tiles)", 2, 16, 5, 6, 136, 1, 1, 1, 1, 0, 0, 1, 1, 1, L::ChannelsLast, L::ChannelsLast, L::ChannelsLast, true},
+      {"tensor cores 3x3 C72 K136 s2 p1 (wgrad: 2 k tiles)", 2, 72, 11, 9, 136, 3, 3, 2, 2, 1, 1, 1, 1, 1, L::ChannelsLast, L::ChannelsLast, L::ChannelsLast, true},
+      {"tensor cores 3x3 C136 K24 s2 p1 (wgrad: 2 c tiles)", 1, 136, 7, 6, 24, 3, 3, 2, 2, 1, 1, 1, 1, 1, L::ChannelsLast, L::ChannelsLast, L::ChannelsLast, false},
+      {"tensor cores 1x1 C16 K16 16x16 (wgrad: split-K)", 2, 16, 16, 16, 16, 1, 1, 1, 1, 0, 0, 1, 1, 1, L::ChannelsLast, L::ChannelsLast, L::ChannelsLast, true},
       {"tensor cores C8 K8 7x7 3x2 d(2,3) p2 s(1,2)", 1, 8, 7, 7, 8, 3, 2, 1, 2, 2, 2, 2, 3, 1, L::ChannelsLast, L::ChannelsLast, L::Strided, true},
   };
 

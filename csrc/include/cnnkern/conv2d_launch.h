@@ -32,6 +32,11 @@ template <typename T>
 void conv2d_backward_input(const Conv2dShape& s, const T* dy, const T* w, T* dx,
                            gpu_stream_t stream);
 
+// Whether conv2d_backward_weight takes the tensor-core kernel (fp16/bf16 only):
+// dy and x channels-contiguous with their other strides multiples of 8 elements,
+// 16-byte aligned, C/groups and K/groups multiples of 8.
+bool conv2d_backward_weight_uses_tensor_cores(const Conv2dShape& s, const void* dy, const void* x);
+
 // dw = sum over (n, p, q) of dy * x, written through s.w_stride.
 // workspace: zeroed, K * (C/groups) * R * S elements of acc_t<T>.
 // deterministic: one split per tile, so each workspace element receives exactly
