@@ -578,8 +578,9 @@ __device__ __forceinline__ int swizzle(int row, int chunk, int chunks) {
 
 // Block (x, y, z): output channels [x*128, +128) x channels [c0, c0 + BN) of tap
 // y / c_tiles (c0 = y % c_tiles * BN), group z / splits, pixels of split z % splits.
+// At most 128 registers, so that 2 blocks of 8 warps (4 of 4) share an SM.
 template <typename T, int BN>
-__global__ void __launch_bounds__(tc_wgrad::Tile<BN>::kThreads)
+__global__ void __launch_bounds__(tc_wgrad::Tile<BN>::kThreads, 512 / tc_wgrad::Tile<BN>::kThreads)
     conv2d_backward_weight_tc_kernel(const Conv2dShape s, const T* dy, const T* x, float* workspace,
                                      const int npq, const int PQ, const int Q, const int c_tiles,
                                      const int splits, const int steps_per_split) {
@@ -608,27 +609,50 @@ __global__ void __launch_bounds__(tc_wgrad::Tile<BN>::kThreads)
   const T* x_col = x + static_cast<int64_t>(group) * c_g + c0 + b_chunk * 8;
   const int dh = r * static_cast<int>(s.dil_h) - static_cast<int>(s.pad_h);
   const int dw = t_s * static_cast<int>(s.dil_w) - static_cast<int>(s.pad_w);
-  int load_step = 0;
+  // Each copy slot's pixel, as a number and as (n, p, q). A step moves every slot
+  // 32 pixels on: a fixed mixed-radix increment with carries, no division in
+  // the loop.
+  struct Pixel { int pix, n, p, q; };
+  auto pixel_at = [&](int pix) {
+    const int n = pix / PQ, pq = pix - n * PQ, p = pq / Q;
+    return Pixel{pix, n, p, pq - p * Q};
+  };
+  const int P = PQ / Q, step_q = kBK % Q, step_p = kBK / Q % P, step_n = kBK / PQ;
+  auto advance = [&](Pixel& px) {
+    px.pix += kBK;
+    px.q += step_q;
+    const int carry_q = px.q >= Q;
+    px.q -= carry_q * Q;
+    px.p += step_p + carry_q;
+    const int carry_p = px.p >= P;
+    px.p -= carry_p * P;
+    px.n += step_n + carry_p;
+  };
+  Pixel a_px[Tl::kACopies], b_px[Tl::kBCopies];
+  CNNKERN_UNROLL
+  for (int i = 0; i < Tl::kACopies; ++i) a_px[i] = pixel_at(pix_begin + a_row0 + (Tl::kThreads / Tl::kAChunks) * i);
+  CNNKERN_UNROLL
+  for (int i = 0; i < Tl::kBCopies; ++i) b_px[i] = pixel_at(pix_begin + b_row0 + (Tl::kThreads / Tl::kBChunks) * i);
   auto load_stage = [&](int stage) {
-    const int base = pix_begin + load_step * kBK;
     CNNKERN_UNROLL
     for (int i = 0; i < Tl::kACopies; ++i) {
-      const int row = a_row0 + (Tl::kThreads / Tl::kAChunks) * i, pix = base + row;
-      const bool ok = a_chunk_ok && pix < pix_end;
-      const int pp = ok ? pix : 0, n = pp / PQ, pq = pp - n * PQ, p = pq / Q, q = pq - p * Q;
-      const T* src = ok ? dy_col + n * s.y_stride[0] + p * s.y_stride[2] + q * s.y_stride[3] : dy;
-      tc::cp_async_16(&a_smem[stage][swizzle(row, a_chunk, Tl::kAChunks)], src, ok ? 16 : 0);
+      const Pixel& px = a_px[i];
+      const bool ok = a_chunk_ok && px.pix < pix_end;
+      const T* src = ok ? dy_col + px.n * s.y_stride[0] + px.p * s.y_stride[2] + px.q * s.y_stride[3] : dy;
+      tc::cp_async_16(&a_smem[stage][swizzle(a_row0 + (Tl::kThreads / Tl::kAChunks) * i, a_chunk, Tl::kAChunks)],
+                      src, ok ? 16 : 0);
+      advance(a_px[i]);
     }
     CNNKERN_UNROLL
     for (int i = 0; i < Tl::kBCopies; ++i) {
-      const int row = b_row0 + (Tl::kThreads / Tl::kBChunks) * i, pix = base + row;
-      const int pp = pix < pix_end ? pix : 0, n = pp / PQ, pq = pp - n * PQ, p = pq / Q, q = pq - p * Q;
-      const int h = p * static_cast<int>(s.stride_h) + dh, w = q * static_cast<int>(s.stride_w) + dw;
-      const bool ok = b_chunk_ok && pix < pix_end && h >= 0 && h < s.H && w >= 0 && w < s.W;
-      const T* src = ok ? x_col + n * s.x_stride[0] + h * s.x_stride[2] + w * s.x_stride[3] : x;
-      tc::cp_async_16(&b_smem[stage][swizzle(row, b_chunk, Tl::kBChunks)], src, ok ? 16 : 0);
+      const Pixel& px = b_px[i];
+      const int h = px.p * static_cast<int>(s.stride_h) + dh, w = px.q * static_cast<int>(s.stride_w) + dw;
+      const bool ok = b_chunk_ok && px.pix < pix_end && h >= 0 && h < s.H && w >= 0 && w < s.W;
+      const T* src = ok ? x_col + px.n * s.x_stride[0] + h * s.x_stride[2] + w * s.x_stride[3] : x;
+      tc::cp_async_16(&b_smem[stage][swizzle(b_row0 + (Tl::kThreads / Tl::kBChunks) * i, b_chunk, Tl::kBChunks)],
+                      src, ok ? 16 : 0);
+      advance(b_px[i]);
     }
-    ++load_step;
   };
 
   float acc[4][4][4] = {};
@@ -882,7 +906,10 @@ void conv2d_backward_weight(const Conv2dShape& s, const T* dy, const T* x, T* dw
         const int64_t c_tiles = ceil_div(s.c_per_group(), BN);
         const int64_t tiles = ceil_div(prob.gemm_m, tc_wgrad::kBM) * s.R * s.S * c_tiles * s.groups;
         const int64_t steps = ceil_div(prob.gemm_k, tc_wgrad::kBK);
-        int64_t splits = ceil_div(2 * multiprocessor_count(), tiles);  // two waves of the SMs
+        // as many splits as fill the SMs once with their resident blocks (16 warps
+        // each: see __launch_bounds__; ceil would start a second, mostly empty
+        // wave), each at least kMinStepsPerSplit steps
+        int64_t splits = 512 / tc_wgrad::Tile<BN>::kThreads * multiprocessor_count() / tiles;
         if (splits > ceil_div(steps, kMinStepsPerSplit)) splits = ceil_div(steps, kMinStepsPerSplit);
         if (splits > kMaxGridYZ / s.groups) splits = kMaxGridYZ / s.groups;
         if (splits < 1 || deterministic) splits = 1;
