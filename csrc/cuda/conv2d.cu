@@ -376,6 +376,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
 
 // ---- Tensor-core forward (fp16/bf16) ------------------------------------------
 
+// Shared by the tensor-core kernels: the mma, the warp tile, the pipeline.
 namespace tc_fwd {
 // Block tile: 128 pixels x BN output channels x 32 channels of one tap, BN = 128
 // (8 warps) or 64 (4 warps, for layers with 64 or fewer output channels per
@@ -410,6 +411,57 @@ __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], const
     tc::mma_m16n8k16_f16(d, a, b, d);
   else
     tc::mma_m16n8k16_bf16(d, a, b, d);
+}
+
+// A warp's 64x32 tile for one k16 step: 4 x 4 mma tiles of 16x8.
+template <typename T>
+__device__ __forceinline__ void warp_tile_mma(float (&acc)[4][4][4], const uint32_t (&a)[4][4],
+                                              const uint32_t (&b)[4][2]) {
+  CNNKERN_UNROLL
+  for (int mi = 0; mi < 4; ++mi) {
+    CNNKERN_UNROLL
+    for (int nj = 0; nj < 4; ++nj) mma<T>(acc[mi][nj], a[mi], b[nj]);
+  }
+}
+
+// The cp.async pipeline of both tensor-core kernels: the slabs of steps i+1 ..
+// i+kStages-1 are in flight while step i computes. load_stage(stage) issues
+// one step's copies into a stage; compute(stage) consumes one. Every thread
+// commits a group per step (empty ones too), so wait_group<kStages-2> means
+// "this step's copies have landed", and the barrier after it makes everyone's
+// visible and frees the stage the previous step read.
+template <typename LoadStage, typename Compute>
+__device__ __forceinline__ void pipeline(int steps, LoadStage&& load_stage, Compute&& compute) {
+  CNNKERN_UNROLL
+  for (int st = 0; st < kStages - 1; ++st) {
+    if (st < steps) load_stage(st);
+    tc::cp_async_commit_group();
+  }
+  for (int step = 0; step < steps; ++step) {
+    tc::cp_async_wait_group<kStages - 2>();
+    __syncthreads();
+    if (step + kStages - 1 < steps) load_stage((step + kStages - 1) % kStages);
+    tc::cp_async_commit_group();
+    compute(step % kStages);
+  }
+  tc::cp_async_wait_all();
+}
+
+// The lane's 8 rows of a warp's 64x32 tile at row m0, and its 8 columns at n0:
+// it holds rows g, g+8 and columns 2t, 2t+1 of each 16x8 tile (g = lane / 4,
+// t = lane % 4). f(i, m, n, v) gets each accumulator with its row's number i.
+__device__ __forceinline__ int acc_row(int lane, int m0, int i) { return m0 + 16 * (i / 2) + lane / 4 + 8 * (i % 2); }
+template <typename F>
+__device__ __forceinline__ void for_each_acc(const float (&acc)[4][4][4], int lane, int m0, int n0, F&& f) {
+  CNNKERN_UNROLL
+  for (int i = 0; i < 8; ++i) {
+    CNNKERN_UNROLL
+    for (int nj = 0; nj < 4; ++nj) {
+      CNNKERN_UNROLL
+      for (int e = 0; e < 2; ++e)
+        f(i, acc_row(lane, m0, i), n0 + 8 * nj + 2 * (lane % 4) + e, acc[i / 2][nj][2 * (i % 2) + e]);
+    }
+  }
 }
 }  // namespace tc_fwd
 
@@ -484,67 +536,44 @@ __global__ void __launch_bounds__(tc_fwd::Tile<BN>::kThreads)
     }
   };
 
-  float acc[4][4][4] = {};
-  CNNKERN_UNROLL
-  for (int st = 0; st < kStages - 1; ++st) {
-    if (st < steps) load_stage(st);
-    tc::cp_async_commit_group();  // empty groups keep the count uniform
-  }
   // ldmatrix.x4 row addresses (see cnnkern/mma.h): A, matrices (rows 0-7 | 8-15) x (k 0-7 | 8-15)
   // as registers a0..a3 of m16n8k16; B (rows = output channels), matrices
   // (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15): b0, b1 of two n8 tiles.
   const int a_row = warp_m * kWarpM + lane % 8 + 8 * ((lane / 8) % 2), a_chunk = lane / 16;
   const int b_row = warp_n * kWarpN + lane % 8 + 8 * (lane / 16), b_chunk = (lane / 8) % 2;
-  for (int step = 0; step < steps; ++step) {
-    tc::cp_async_wait_group<kStages - 2>();  // this thread's copies of `step` have landed
-    __syncthreads();                          // everyone's have, and step-1's slabs are free
-    if (step + kStages - 1 < steps) load_stage((step + kStages - 1) % kStages);
-    tc::cp_async_commit_group();
-    const uint16_t* a_tile = a_smem[step % kStages];
-    const uint16_t* b_tile = b_smem[step % kStages];
+  float acc[4][4][4] = {};
+  pipeline(steps, load_stage, [&](int stage) {
     CNNKERN_UNROLL
     for (int kk = 0; kk < kBK / 16; ++kk) {
       uint32_t a[4][4], b[4][2];
       CNNKERN_UNROLL
-      for (int mi = 0; mi < 4; ++mi) tc::ldmatrix(a[mi], a_tile + swizzle(a_row + 16 * mi, 2 * kk + a_chunk));
+      for (int mi = 0; mi < 4; ++mi)
+        tc::ldmatrix(a[mi], a_smem[stage] + swizzle(a_row + 16 * mi, 2 * kk + a_chunk));
       CNNKERN_UNROLL
       for (int nj = 0; nj < 4; nj += 2) {
         uint32_t r[4];
-        tc::ldmatrix(r, b_tile + swizzle(b_row + 8 * nj, 2 * kk + b_chunk));
+        tc::ldmatrix(r, b_smem[stage] + swizzle(b_row + 8 * nj, 2 * kk + b_chunk));
         b[nj][0] = r[0], b[nj][1] = r[1], b[nj + 1][0] = r[2], b[nj + 1][1] = r[3];
       }
-      CNNKERN_UNROLL
-      for (int mi = 0; mi < 4; ++mi) {
-        CNNKERN_UNROLL
-        for (int nj = 0; nj < 4; ++nj) mma<T>(acc[mi][nj], a[mi], b[nj]);
-      }
+      warp_tile_mma<T>(acc, a, b);
     }
-  }
-  tc::cp_async_wait_all();
+  });
 
-  // Epilogue: lane holds rows g, g+8 and columns 2t, 2t+1 of each 16x8 tile (g = lane/4, t = lane%4).
+  // Epilogue: rows are pixels (each decoded once), columns output channels.
   const int64_t k_base = static_cast<int64_t>(group) * k_g;
+  T* out[8];
   CNNKERN_UNROLL
-  for (int mi = 0; mi < 4; ++mi) {
-    CNNKERN_UNROLL
-    for (int half = 0; half < 2; ++half) {
-      const int m = m0 + warp_m * kWarpM + 16 * mi + lane / 4 + 8 * half;
-      if (m >= gemm_m) continue;
-      const int n = m / PQ, pq = m - n * PQ, p = pq / Q, q = pq - p * Q;
-      T* out = y + n * s.y_stride[0] + p * s.y_stride[2] + q * s.y_stride[3];
-      CNNKERN_UNROLL
-      for (int nj = 0; nj < 4; ++nj) {
-        CNNKERN_UNROLL
-        for (int e = 0; e < 2; ++e) {
-          const int k = n0 + warp_n * kWarpN + 8 * nj + 2 * (lane % 4) + e;
-          if (k >= k_g) continue;
-          float v = acc[mi][nj][2 * half + e];
-          if (bias) v += static_cast<float>(bias[k_base + k]);
-          out[(k_base + k) * s.y_stride[1]] = static_cast<T>(v);
-        }
-      }
-    }
+  for (int i = 0; i < 8; ++i) {
+    const int m = acc_row(lane, m0 + warp_m * kWarpM, i);
+    const int n = m / PQ, pq = m - n * PQ, p = pq / Q, q = pq - p * Q;
+    out[i] = m < gemm_m ? y + n * s.y_stride[0] + k_base * s.y_stride[1] + p * s.y_stride[2] + q * s.y_stride[3]
+                        : nullptr;
   }
+  for_each_acc(acc, lane, m0 + warp_m * kWarpM, n0 + warp_n * kWarpN, [&](int i, int, int k, float v) {
+    if (!out[i] || k >= k_g) return;
+    if (bias) v += static_cast<float>(bias[k_base + k]);
+    out[i][k * s.y_stride[1]] = static_cast<T>(v);
+  });
 }
 
 // ---- Tensor-core weight gradient (fp16/bf16) -----------------------------------
@@ -655,12 +684,6 @@ __global__ void __launch_bounds__(tc_wgrad::Tile<BN>::kThreads, 512 / tc_wgrad::
     }
   };
 
-  float acc[4][4][4] = {};
-  CNNKERN_UNROLL
-  for (int st = 0; st < kStages - 1; ++st) {
-    if (st < steps) load_stage(st);
-    tc::cp_async_commit_group();
-  }
   // ldmatrix.x4.trans: slab rows are pixels (the reduction). Lane i addresses row
   // i % 8 of matrix j = i / 8. A matrices (m 0-7 | 8-15) x (k 0-7 | 8-15) in the
   // order of a0..a3; B matrices (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15),
@@ -668,53 +691,30 @@ __global__ void __launch_bounds__(tc_wgrad::Tile<BN>::kThreads, 512 / tc_wgrad::
   const int j = lane / 8;
   const int a_row = lane % 8 + 8 * (j / 2), a_col = (warp_m * kWarpM) / 8 + j % 2;
   const int b_row = lane % 8 + 8 * (j % 2), b_col = (warp_n * kWarpN) / 8 + j / 2;
-  for (int step = 0; step < steps; ++step) {
-    tc::cp_async_wait_group<kStages - 2>();
-    __syncthreads();
-    if (step + kStages - 1 < steps) load_stage((step + kStages - 1) % kStages);
-    tc::cp_async_commit_group();
-    const uint16_t* a_tile = a_smem[step % kStages];
-    const uint16_t* b_tile = b_smem[step % kStages];
+  float acc[4][4][4] = {};
+  tc_fwd::pipeline(steps, load_stage, [&](int stage) {
     CNNKERN_UNROLL
     for (int kk = 0; kk < kBK / 16; ++kk) {
       uint32_t a[4][4], b[4][2];
       CNNKERN_UNROLL
       for (int mi = 0; mi < 4; ++mi)
-        tc::ldmatrix_trans(a[mi], a_tile + swizzle(16 * kk + a_row, a_col + 2 * mi, Tl::kAChunks));
+        tc::ldmatrix_trans(a[mi], a_smem[stage] + swizzle(16 * kk + a_row, a_col + 2 * mi, Tl::kAChunks));
       CNNKERN_UNROLL
       for (int nj = 0; nj < 4; nj += 2) {
         uint32_t q[4];
-        tc::ldmatrix_trans(q, b_tile + swizzle(16 * kk + b_row, b_col + nj, Tl::kBChunks));
+        tc::ldmatrix_trans(q, b_smem[stage] + swizzle(16 * kk + b_row, b_col + nj, Tl::kBChunks));
         b[nj][0] = q[0], b[nj][1] = q[1], b[nj + 1][0] = q[2], b[nj + 1][1] = q[3];
       }
-      CNNKERN_UNROLL
-      for (int mi = 0; mi < 4; ++mi) {
-        CNNKERN_UNROLL
-        for (int nj = 0; nj < 4; ++nj) tc_fwd::mma<T>(acc[mi][nj], a[mi], b[nj]);
-      }
+      tc_fwd::warp_tile_mma<T>(acc, a, b);
     }
-  }
-  tc::cp_async_wait_all();
+  });
 
   // workspace[k][c][r][s] (the CUDA-core path's layout), one atomic add per element and split
   const int64_t rs = s.R * s.S, crs = c_g * rs;
-  CNNKERN_UNROLL
-  for (int mi = 0; mi < 4; ++mi) {
-    CNNKERN_UNROLL
-    for (int half = 0; half < 2; ++half) {
-      const int k = m0 + warp_m * kWarpM + 16 * mi + lane / 4 + 8 * half;
-      if (k >= k_g) continue;
-      float* row = workspace + (static_cast<int64_t>(group) * k_g + k) * crs + tap;
-      CNNKERN_UNROLL
-      for (int nj = 0; nj < 4; ++nj) {
-        CNNKERN_UNROLL
-        for (int e = 0; e < 2; ++e) {
-          const int c = c0 + warp_n * kWarpN + 8 * nj + 2 * (lane % 4) + e;
-          if (c < c_g) atomicAdd(row + c * rs, acc[mi][nj][2 * half + e]);
-        }
-      }
-    }
-  }
+  float* ws = workspace + static_cast<int64_t>(group) * k_g * crs + tap;
+  tc_fwd::for_each_acc(acc, lane, m0 + warp_m * kWarpM, c0 + warp_n * kWarpN, [&](int, int k, int c, float v) {
+    if (k < k_g && c < c_g) atomicAdd(ws + k * crs + c * rs, v);
+  });
 }
 
 // ---- Small kernels -----------------------------------------------------------
@@ -827,14 +827,16 @@ void conv2d_forward(const Conv2dShape& s, const T* x, const T* w, const T* bias,
   prob.S = static_cast<int>(s.S);
   if constexpr (std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>) {
     if (conv2d_forward_uses_tensor_cores(s, x, w) && prob.gemm_m > 0 && prob.gemm_n > 0) {
+      // the lambda captures plain ints: a capture of prob (an internal type) would give it internal linkage
+      const int gemm_m = prob.gemm_m, gemm_n = prob.gemm_n, PQ = prob.PQ, Q = prob.Q;
       auto launch_tc = [&](auto bn) {
         constexpr int BN = decltype(bn)::value;
-        const dim3 grid(static_cast<unsigned>(ceil_div(prob.gemm_m, tc_fwd::kBM)),
-                        static_cast<unsigned>(ceil_div(prob.gemm_n, BN)), static_cast<unsigned>(s.groups));
+        const dim3 grid(static_cast<unsigned>(ceil_div(gemm_m, tc_fwd::kBM)),
+                        static_cast<unsigned>(ceil_div(gemm_n, BN)), static_cast<unsigned>(s.groups));
         if (grid.y > kMaxGridYZ || grid.z > kMaxGridYZ)
           throw std::invalid_argument("cnnkern conv2d (GPU): too many channel tiles or groups for the grid");
         launch_kernel(conv2d_forward_tc_kernel<T, BN>, grid, dim3(tc_fwd::Tile<BN>::kThreads), 0, stream, s, x,
-                      w, bias, y, prob.gemm_m, prob.PQ, prob.Q);
+                      w, bias, y, gemm_m, PQ, Q);
       };
       if (prob.gemm_n > 64)
         launch_tc(std::integral_constant<int, 128>{});
@@ -901,11 +903,12 @@ void conv2d_backward_weight(const Conv2dShape& s, const T* dy, const T* x, T* dw
     tensor_cores = conv2d_backward_weight_uses_tensor_cores(s, dy, x);
   if (tensor_cores && prob.gemm_m > 0 && prob.gemm_n > 0 && prob.gemm_k > 0) {
     if constexpr (std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>) {
+      const int gemm_m = prob.gemm_m, gemm_k = prob.gemm_k, PQ = prob.PQ, Q = prob.Q;  // see conv2d_forward
       auto launch_tc = [&](auto bn) {
         constexpr int BN = decltype(bn)::value;
         const int64_t c_tiles = ceil_div(s.c_per_group(), BN);
-        const int64_t tiles = ceil_div(prob.gemm_m, tc_wgrad::kBM) * s.R * s.S * c_tiles * s.groups;
-        const int64_t steps = ceil_div(prob.gemm_k, tc_wgrad::kBK);
+        const int64_t tiles = ceil_div(gemm_m, tc_wgrad::kBM) * s.R * s.S * c_tiles * s.groups;
+        const int64_t steps = ceil_div(gemm_k, tc_wgrad::kBK);
         // as many splits as fill the SMs once with their resident blocks (16 warps
         // each: see __launch_bounds__; ceil would start a second, mostly empty
         // wave), each at least kMinStepsPerSplit steps
@@ -917,10 +920,10 @@ void conv2d_backward_weight(const Conv2dShape& s, const T* dy, const T* x, T* dw
         splits = ceil_div(steps, steps_per_split);
         if (s.R * s.S * c_tiles > kMaxGridYZ)
           throw std::invalid_argument("cnnkern conv2d (GPU): too many taps and channel tiles for the grid");
-        const dim3 grid(static_cast<unsigned>(ceil_div(prob.gemm_m, tc_wgrad::kBM)),
+        const dim3 grid(static_cast<unsigned>(ceil_div(gemm_m, tc_wgrad::kBM)),
                         static_cast<unsigned>(s.R * s.S * c_tiles), static_cast<unsigned>(s.groups * splits));
         launch_kernel(conv2d_backward_weight_tc_kernel<T, BN>, grid, dim3(tc_wgrad::Tile<BN>::kThreads), 0,
-                      stream, s, dy, x, static_cast<float*>(workspace), prob.gemm_k, prob.PQ, prob.Q,
+                      stream, s, dy, x, static_cast<float*>(workspace), gemm_k, PQ, Q,
                       static_cast<int>(c_tiles), static_cast<int>(splits), static_cast<int>(steps_per_split));
       };
       if (s.c_per_group() > 64)
