@@ -244,6 +244,16 @@ void mma16_kernel(const Mma16Args args) {
   // B (ISA Figure 81) of n8 tile nt: register j = k 8*j .. 8*j+7. From Bt the
   // 8x8 matrices are (n rows, k columns): plain ldmatrix.
   uint32_t b[2][2];
+  // D = A * B + C for both n8 tiles of B, stored (with the mutations under test) to D
+  auto mma_and_store = [&](float* D) {
+    for (int nt = 0; nt < 2; ++nt) {
+      if (args.mutation == Mutation::SwapB01) std::swap(b[nt][0], b[nt][1]);
+      float c[4], d[4];
+      load_c(c, args.C + 256 * problem, lane, nt);
+      mma16<BF16>(d, a, b[nt], c);
+      store_d(D + 256 * problem, d, lane, nt, 16, args.mutation == Mutation::SwapD12);
+    }
+  };
   if (args.width == 4) {
     uint32_t r[4];  // matrix q = lane / 8: tile q / 2, register q % 2
     const unsigned q = lane / 8;
@@ -262,13 +272,7 @@ void mma16_kernel(const Mma16Args args) {
       }
     }
   }
-  for (int nt = 0; nt < 2; ++nt) {
-    if (args.mutation == Mutation::SwapB01) std::swap(b[nt][0], b[nt][1]);
-    float c[4], d[4];
-    load_c(c, args.C + 256 * problem, lane, nt);
-    mma16<BF16>(d, a, b[nt], c);
-    store_d(args.D_bt + 256 * problem, d, lane, nt, 16, args.mutation == Mutation::SwapD12);
-  }
+  mma_and_store(args.D_bt);
 
   tc::cp_async_wait_group<0>();
   __syncthreads();
@@ -297,13 +301,7 @@ void mma16_kernel(const Mma16Args args) {
       }
     }
   }
-  for (int nt = 0; nt < 2; ++nt) {
-    if (args.mutation == Mutation::SwapB01) std::swap(b[nt][0], b[nt][1]);
-    float c[4], d[4];
-    load_c(c, args.C + 256 * problem, lane, nt);
-    mma16<BF16>(d, a, b[nt], c);
-    store_d(args.D_bn + 256 * problem, d, lane, nt, 16, args.mutation == Mutation::SwapD12);
-  }
+  mma_and_store(args.D_bn);
 }
 
 struct Mma16Result {
