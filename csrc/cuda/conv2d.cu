@@ -38,25 +38,31 @@
 // are int64 through each tensor's element strides, so NCHW, channels_last and
 // arbitrary views take the same path.
 //
-// Tensor cores (fp16/bf16 forward; conv2d_forward_tc_kernel): when x and the
-// weight have their channels contiguous and C/groups is a multiple of 8 (the
-// op layer makes channels_last copies to get there), the forward is an
-// implicit GEMM on mma.sync m16n8k16 with fp32 accumulators. Its reduction is
-// ordered (r, s, c): one K step is 32 channels of one tap, so every row of the
-// A slab (one output pixel) and of the B slab (one output channel) is 64
-// contiguous bytes: four 16-byte cp.async copies, zero-filled where the tap
-// falls in the padding or past C. A block of 8 warps owns a 128x128 tile
-// (pixels x output channels; 4 warps and 128x64 when K/groups <= 64), each
-// warp 64x32 (4x4 mma tiles, 64 fp32 accumulators per thread), and keeps 3
-// stages of slabs in flight (48 KB of shared memory, 36 KB for 128x64), so
-// the copies of steps i+1 and i+2 overlap the MMAs of step i. Fragments come from shared memory by ldmatrix.x4; the slabs' 16-byte
-// chunks are XOR-swizzled by row so that the 8 rows one ldmatrix phase reads
-// fall in 8 different bank groups. Each x element is read from global memory
-// once per tap and N tile (L2 absorbs the R*S overlap), each weight element
-// once per M tile; y is written once, in its memory format. The op layer also
-// runs the input gradient of a stride-1 conv on it (csrc/ops/conv2d_gpu.h): a
-// forward conv of dy, padded by dil*(R-1) - pad, through the weight packed as
-// (g, c, r, s, k) and read with negative tap strides (the flip).
+// Tensor cores: every fp16/bf16 pass runs on mma.sync m16n8k16 with fp32
+// accumulators; the CUDA-core GEMM above is built for float and double only.
+// The forward (conv2d_forward_tc_kernel) is an implicit GEMM ordered (r, s, c):
+// one K step is 32 channels of one tap, so every row of the A slab (one output
+// pixel) and of the B slab (one output channel) is 64 contiguous bytes when x
+// and the weight have their channels contiguous: four 16-byte cp.async copies,
+// zero-filled where the tap falls in the padding or past C. Otherwise (C/groups
+// not a multiple of 8, or other strides: the kVec = false instantiations) the
+// same slabs are gathered element by element. A block of 8 warps owns a
+// 128x128 tile (pixels x output channels; 4 warps and 128x64 when K/groups <=
+// 64), each warp 64x32 (4x4 mma tiles, 64 fp32 accumulators per thread), and
+// keeps 3 stages of slabs in flight (48 KB of shared memory, 36 KB for 128x64),
+// so the copies of steps i+1 and i+2 overlap the MMAs of step i. Fragments come
+// from shared memory by ldmatrix.x4; the slabs' 16-byte chunks are XOR-swizzled
+// by row so that the 8 rows one ldmatrix phase reads fall in 8 different bank
+// groups. Each x element is read from global memory once per tap and N tile
+// (L2 absorbs the R*S overlap), each weight element once per M tile; y is
+// written once, in its memory format.
+//
+// The input gradient is convolutions of dy on the same kernel, one per phase
+// of the input coordinate mod the stride (conv_dgrad_taps): a stride-1 conv
+// over the taps that reach that phase, flipped (negative tap strides from its
+// last tap), through the weight with its channel roles swapped, written to the
+// phase's pixels of dx. No zero-insertion, no atomics, no division per element.
+// The weight gradient (conv2d_backward_weight_tc_kernel) is described there.
 #ifndef CNNKERN_GPU_NS
 #define CNNKERN_GPU_NS cuda
 #endif
@@ -377,7 +383,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
 // ---- Tensor-core forward (fp16/bf16) ------------------------------------------
 
 // Shared by the tensor-core kernels: the mma, the warp tile, the pipeline.
-namespace tc_fwd {
+namespace tc_conv {
 // Block tile: 128 pixels x BN output channels x 32 channels of one tap, BN = 128
 // (8 warps) or 64 (4 warps, for layers with 64 or fewer output channels per
 // group); warp tile 64 x 32, i.e. 4 x 4 mma.m16n8k16 tiles.
@@ -403,6 +409,29 @@ struct Tile {
 // 8 distinct 16-byte bank groups.
 __device__ __forceinline__ int swizzle(int row, int chunk) {
   return row * kBK + ((chunk ^ ((row >> 1) & 3)) << 3);
+}
+
+// One 16-byte slab chunk: the 8 elements src[e * stride], zero where !ok or
+// e >= valid. kVec (channel stride 1, whole chunks, 16-byte aligned rows): one
+// cp.async, zero-filled when !ok. Otherwise (C/groups not a multiple of 8, any
+// strides) the chunk is gathered element by element and stored synchronously:
+// the stage it fills is not read before the barrier that starts its step, so
+// the pipeline stays correct, only without the overlap of those loads.
+template <bool kVec, typename T>
+__device__ __forceinline__ void load_chunk(uint16_t* dst, const T* src, int64_t stride, bool ok, int valid,
+                                           const T* any_valid_address) {
+  if constexpr (kVec) {
+    tc::cp_async_16(dst, ok ? src : any_valid_address, ok ? 16 : 0);
+  } else {
+    const uint16_t* p = reinterpret_cast<const uint16_t*>(src);
+    uint32_t* d = reinterpret_cast<uint32_t*>(dst);
+    CNNKERN_UNROLL
+    for (int e = 0; e < 8; e += 2) {
+      const uint32_t lo = ok && e < valid ? p[e * stride] : 0u;
+      const uint32_t hi = ok && e + 1 < valid ? p[(e + 1) * stride] : 0u;
+      d[e / 2] = lo | (hi << 16);
+    }
+  }
 }
 
 template <typename T>
@@ -449,7 +478,8 @@ __device__ __forceinline__ void pipeline(int steps, LoadStage&& load_stage, Comp
 
 // The lane's 8 rows of a warp's 64x32 tile at row m0, and its 8 columns at n0:
 // it holds rows g, g+8 and columns 2t, 2t+1 of each 16x8 tile (g = lane / 4,
-// t = lane % 4). f(i, m, n, v) gets each accumulator with its row's number i.
+// t = lane % 4). f(i, j, m, n, v) gets each accumulator with the numbers i of
+// its row and j of its column among the lane's 8.
 __device__ __forceinline__ int acc_row(int lane, int m0, int i) { return m0 + 16 * (i / 2) + lane / 4 + 8 * (i % 2); }
 template <typename F>
 __device__ __forceinline__ void for_each_acc(const float (&acc)[4][4][4], int lane, int m0, int n0, F&& f) {
@@ -459,20 +489,21 @@ __device__ __forceinline__ void for_each_acc(const float (&acc)[4][4][4], int la
     for (int nj = 0; nj < 4; ++nj) {
       CNNKERN_UNROLL
       for (int e = 0; e < 2; ++e)
-        f(i, acc_row(lane, m0, i), n0 + 8 * nj + 2 * (lane % 4) + e, acc[i / 2][nj][2 * (i % 2) + e]);
+        f(i, 2 * nj + e, acc_row(lane, m0, i), n0 + 8 * nj + 2 * (lane % 4) + e, acc[i / 2][nj][2 * (i % 2) + e]);
     }
   }
 }
-}  // namespace tc_fwd
+}  // namespace tc_conv
 
 // Block (x, y, z): pixels [x*128, +128) x output channels [y*BN, +BN) of group z.
-// Requires (checked by the launcher): x and w channel stride 1, C/groups % 8 == 0,
-// every other stride of x and w a multiple of 8 elements, both 16-byte aligned.
-template <typename T, int BN>
-__global__ void __launch_bounds__(tc_fwd::Tile<BN>::kThreads)
-    conv2d_forward_tc_kernel(const Conv2dShape s, const T* x, const T* w, const T* bias, T* y,
-                             const int gemm_m, const int PQ, const int Q) {
-  using namespace tc_fwd;
+// Weight element (group, k, c, r, s) at w + group * w_group_stride + k * w_stride[0]
+// + c * w_stride[1] + ...: the forward's is k/groups * w_stride[0], the input
+// gradient's (a transposed weight) is not. kVec: see load_chunk (checked by the launcher).
+template <typename T, int BN, bool kVec>
+__global__ void __launch_bounds__(tc_conv::Tile<BN>::kThreads)
+    conv2d_forward_tc_kernel(const Conv2dShape s, const T* x, const T* w, const int64_t w_group_stride,
+                             const T* bias, T* y, const int gemm_m, const int PQ, const int Q) {
+  using namespace tc_conv;
   constexpr int kBN = BN, kRowsPerPass = Tile<BN>::kRowsPerPass;
   constexpr int kACopies = Tile<BN>::kACopies, kBCopies = Tile<BN>::kBCopies;
   __shared__ __align__(128) uint16_t a_smem[kStages][kBM * kBK];
@@ -485,6 +516,7 @@ __global__ void __launch_bounds__(tc_fwd::Tile<BN>::kThreads)
   const int n0 = static_cast<int>(blockIdx.y) * kBN;
   const int group = static_cast<int>(blockIdx.z);
   const int c_g = static_cast<int>(s.c_per_group()), k_g = static_cast<int>(s.k_per_group());
+  const int64_t xc = kVec ? 1 : s.x_stride[1], wc = kVec ? 1 : s.w_stride[1];  // channel strides
 
   // This thread copies chunk `chunk` of slab rows copy_row + kRowsPerPass * i.
   // Per A row: the image's base pointer and the input pixel of tap (0, 0).
@@ -496,7 +528,7 @@ __global__ void __launch_bounds__(tc_fwd::Tile<BN>::kThreads)
     const int m = m0 + copy_row + kRowsPerPass * i;
     const int mm = m < gemm_m ? m : 0;
     const int n = mm / PQ, pq = mm - n * PQ, p = pq / Q, q = pq - p * Q;
-    a_base[i] = x + n * s.x_stride[0] + static_cast<int64_t>(group) * c_g + chunk * 8;
+    a_base[i] = x + n * s.x_stride[0] + (static_cast<int64_t>(group) * c_g + chunk * 8) * xc;
     a_h[i] = m < gemm_m ? p * static_cast<int>(s.stride_h) - static_cast<int>(s.pad_h) : INT_MIN / 2;
     a_w[i] = q * static_cast<int>(s.stride_w) - static_cast<int>(s.pad_w);
   }
@@ -506,7 +538,7 @@ __global__ void __launch_bounds__(tc_fwd::Tile<BN>::kThreads)
   for (int j = 0; j < kBCopies; ++j) {
     const int k = n0 + copy_row + kRowsPerPass * j;
     b_ok[j] = k < k_g;
-    b_base[j] = w + (static_cast<int64_t>(group) * k_g + (b_ok[j] ? k : 0)) * s.w_stride[0] + chunk * 8;
+    b_base[j] = w + group * w_group_stride + (b_ok[j] ? k : 0) * s.w_stride[0] + chunk * 8 * wc;
   }
 
   // K steps walk (r, s, c0) with counters: c0 fastest, then s, then r.
@@ -514,20 +546,21 @@ __global__ void __launch_bounds__(tc_fwd::Tile<BN>::kThreads)
   const int steps = static_cast<int>(s.R * s.S) * c_steps;
   int load_r = 0, load_s = 0, load_c = 0;
   auto load_stage = [&](int stage) {
-    const bool c_ok = load_c + chunk * 8 < c_g;
+    const int valid = c_g - load_c - chunk * 8;  // channels of this chunk inside C/groups
+    const bool c_ok = valid > 0;
     const int dh = load_r * static_cast<int>(s.dil_h), dw = load_s * static_cast<int>(s.dil_w);
     CNNKERN_UNROLL
     for (int i = 0; i < kACopies; ++i) {
       const int h = a_h[i] + dh, wi = a_w[i] + dw;
       const bool ok = c_ok && h >= 0 && h < s.H && wi >= 0 && wi < s.W;
-      const T* src = ok ? a_base[i] + h * s.x_stride[2] + wi * s.x_stride[3] + load_c : x;
-      tc::cp_async_16(&a_smem[stage][swizzle(copy_row + kRowsPerPass * i, chunk)], src, ok ? 16 : 0);
+      const T* src = ok ? a_base[i] + h * s.x_stride[2] + wi * s.x_stride[3] + load_c * xc : x;
+      load_chunk<kVec>(&a_smem[stage][swizzle(copy_row + kRowsPerPass * i, chunk)], src, xc, ok, valid, x);
     }
     CNNKERN_UNROLL
     for (int j = 0; j < kBCopies; ++j) {
       const bool ok = c_ok && b_ok[j];
-      const T* src = ok ? b_base[j] + load_r * s.w_stride[2] + load_s * s.w_stride[3] + load_c : w;
-      tc::cp_async_16(&b_smem[stage][swizzle(copy_row + kRowsPerPass * j, chunk)], src, ok ? 16 : 0);
+      const T* src = ok ? b_base[j] + load_r * s.w_stride[2] + load_s * s.w_stride[3] + load_c * wc : w;
+      load_chunk<kVec>(&b_smem[stage][swizzle(copy_row + kRowsPerPass * j, chunk)], src, wc, ok, valid, w);
     }
     load_c += kBK;
     if (load_c >= c_g) {
@@ -569,10 +602,17 @@ __global__ void __launch_bounds__(tc_fwd::Tile<BN>::kThreads)
     out[i] = m < gemm_m ? y + n * s.y_stride[0] + k_base * s.y_stride[1] + p * s.y_stride[2] + q * s.y_stride[3]
                         : nullptr;
   }
-  for_each_acc(acc, lane, m0 + warp_m * kWarpM, n0 + warp_n * kWarpN, [&](int i, int, int k, float v) {
-    if (!out[i] || k >= k_g) return;
-    if (bias) v += static_cast<float>(bias[k_base + k]);
-    out[i][k * s.y_stride[1]] = static_cast<T>(v);
+  // the lane's 8 columns' bias, loaded once (not once per accumulator)
+  float bias_col[8] = {};
+  if (bias) {
+    CNNKERN_UNROLL
+    for (int j = 0; j < 8; ++j) {
+      const int k = n0 + warp_n * kWarpN + 8 * (j / 2) + 2 * (lane % 4) + j % 2;
+      bias_col[j] = k < k_g ? static_cast<float>(bias[k_base + k]) : 0.f;
+    }
+  }
+  for_each_acc(acc, lane, m0 + warp_m * kWarpM, n0 + warp_n * kWarpN, [&](int i, int j, int, int k, float v) {
+    if (out[i] && k < k_g) out[i][k * s.y_stride[1]] = static_cast<T>(v + bias_col[j]);
   });
 }
 
@@ -589,7 +629,8 @@ __global__ void __launch_bounds__(tc_fwd::Tile<BN>::kThreads)
 
 namespace tc_wgrad {
 constexpr int kBM = 128, kBK = 32;  // output channels x pixels per K step
-constexpr int kWarpM = 64, kWarpN = 32, kWarpsM = kBM / kWarpM, kStages = 3;
+constexpr int kWarpM = 64, kWarpN = 32, kWarpsM = kBM / kWarpM;
+using tc_conv::kStages;  // the shared pipeline's depth sizes the slabs
 template <int BN>
 struct Tile {
   static constexpr int kThreads = kWarpsM * (BN / kWarpN) * 32;
@@ -607,12 +648,13 @@ __device__ __forceinline__ int swizzle(int row, int chunk, int chunks) {
 
 // Block (x, y, z): output channels [x*128, +128) x channels [c0, c0 + BN) of tap
 // y / c_tiles (c0 = y % c_tiles * BN), group z / splits, pixels of split z % splits.
-// At most 128 registers, so that 2 blocks of 8 warps (4 of 4) share an SM.
-template <typename T, int BN>
-__global__ void __launch_bounds__(tc_wgrad::Tile<BN>::kThreads, 512 / tc_wgrad::Tile<BN>::kThreads)
+// At most 128 registers, so that 2 blocks of 8 warps (4 of 4) share an SM; the
+// element-gathering variant (!kVec, a slow path) may take more rather than spill.
+template <typename T, int BN, bool kVec>
+__global__ void __launch_bounds__(tc_wgrad::Tile<BN>::kThreads, kVec ? 512 / tc_wgrad::Tile<BN>::kThreads : 1)
     conv2d_backward_weight_tc_kernel(const Conv2dShape s, const T* dy, const T* x, float* workspace,
-                                     const int npq, const int PQ, const int Q, const int c_tiles,
-                                     const int splits, const int steps_per_split) {
+                                     const int64_t split_stride, const int npq, const int PQ, const int Q,
+                                     const int c_tiles, const int splits, const int steps_per_split) {
   using namespace tc_wgrad;
   using Tl = Tile<BN>;
   __shared__ __align__(128) uint16_t a_smem[kStages][kBK * kBM];
@@ -633,9 +675,11 @@ __global__ void __launch_bounds__(tc_wgrad::Tile<BN>::kThreads, 512 / tc_wgrad::
   // Copy layout: A chunk tid % 16 of pixel rows tid / 16 + (threads / 16) * i; B likewise.
   const int a_chunk = tid % Tl::kAChunks, a_row0 = tid / Tl::kAChunks;
   const int b_chunk = tid % Tl::kBChunks, b_row0 = tid / Tl::kBChunks;
-  const bool a_chunk_ok = m0 + a_chunk * 8 < k_g, b_chunk_ok = c0 + b_chunk * 8 < c_g;
-  const T* dy_col = dy + static_cast<int64_t>(group) * k_g + m0 + a_chunk * 8;
-  const T* x_col = x + static_cast<int64_t>(group) * c_g + c0 + b_chunk * 8;
+  const int64_t yc = kVec ? 1 : s.y_stride[1], xc = kVec ? 1 : s.x_stride[1];  // channel strides
+  const int a_valid = k_g - m0 - a_chunk * 8, b_valid = c_g - c0 - b_chunk * 8;  // channels inside the chunk
+  const bool a_chunk_ok = a_valid > 0, b_chunk_ok = b_valid > 0;
+  const T* dy_col = dy + (static_cast<int64_t>(group) * k_g + m0 + a_chunk * 8) * yc;
+  const T* x_col = x + (static_cast<int64_t>(group) * c_g + c0 + b_chunk * 8) * xc;
   const int dh = r * static_cast<int>(s.dil_h) - static_cast<int>(s.pad_h);
   const int dw = t_s * static_cast<int>(s.dil_w) - static_cast<int>(s.pad_w);
   // Each copy slot's pixel, as a number and as (n, p, q). A step moves every slot
@@ -668,8 +712,8 @@ __global__ void __launch_bounds__(tc_wgrad::Tile<BN>::kThreads, 512 / tc_wgrad::
       const Pixel& px = a_px[i];
       const bool ok = a_chunk_ok && px.pix < pix_end;
       const T* src = ok ? dy_col + px.n * s.y_stride[0] + px.p * s.y_stride[2] + px.q * s.y_stride[3] : dy;
-      tc::cp_async_16(&a_smem[stage][swizzle(a_row0 + (Tl::kThreads / Tl::kAChunks) * i, a_chunk, Tl::kAChunks)],
-                      src, ok ? 16 : 0);
+      tc_conv::load_chunk<kVec>(&a_smem[stage][swizzle(a_row0 + (Tl::kThreads / Tl::kAChunks) * i, a_chunk, Tl::kAChunks)],
+                       src, yc, ok, a_valid, dy);
       advance(a_px[i]);
     }
     CNNKERN_UNROLL
@@ -678,8 +722,8 @@ __global__ void __launch_bounds__(tc_wgrad::Tile<BN>::kThreads, 512 / tc_wgrad::
       const int h = px.p * static_cast<int>(s.stride_h) + dh, w = px.q * static_cast<int>(s.stride_w) + dw;
       const bool ok = b_chunk_ok && px.pix < pix_end && h >= 0 && h < s.H && w >= 0 && w < s.W;
       const T* src = ok ? x_col + px.n * s.x_stride[0] + h * s.x_stride[2] + w * s.x_stride[3] : x;
-      tc::cp_async_16(&b_smem[stage][swizzle(b_row0 + (Tl::kThreads / Tl::kBChunks) * i, b_chunk, Tl::kBChunks)],
-                      src, ok ? 16 : 0);
+      tc_conv::load_chunk<kVec>(&b_smem[stage][swizzle(b_row0 + (Tl::kThreads / Tl::kBChunks) * i, b_chunk, Tl::kBChunks)],
+                       src, xc, ok, b_valid, x);
       advance(b_px[i]);
     }
   };
@@ -692,7 +736,7 @@ __global__ void __launch_bounds__(tc_wgrad::Tile<BN>::kThreads, 512 / tc_wgrad::
   const int a_row = lane % 8 + 8 * (j / 2), a_col = (warp_m * kWarpM) / 8 + j % 2;
   const int b_row = lane % 8 + 8 * (j % 2), b_col = (warp_n * kWarpN) / 8 + j / 2;
   float acc[4][4][4] = {};
-  tc_fwd::pipeline(steps, load_stage, [&](int stage) {
+  tc_conv::pipeline(steps, load_stage, [&](int stage) {
     CNNKERN_UNROLL
     for (int kk = 0; kk < kBK / 16; ++kk) {
       uint32_t a[4][4], b[4][2];
@@ -705,24 +749,33 @@ __global__ void __launch_bounds__(tc_wgrad::Tile<BN>::kThreads, 512 / tc_wgrad::
         tc::ldmatrix_trans(q, b_smem[stage] + swizzle(16 * kk + b_row, b_col + nj, Tl::kBChunks));
         b[nj][0] = q[0], b[nj][1] = q[1], b[nj + 1][0] = q[2], b[nj + 1][1] = q[3];
       }
-      tc_fwd::warp_tile_mma<T>(acc, a, b);
+      tc_conv::warp_tile_mma<T>(acc, a, b);
     }
   });
 
-  // workspace[k][c][r][s] (the CUDA-core path's layout), one atomic add per element and split
+  // workspace[k][c][r][s] (the CUDA-core path's layout): one atomic add per
+  // element and split, or (split_stride > 0, deterministic) a plain store into
+  // this split's own slice, which the convert kernel sums in split order
   const int64_t rs = s.R * s.S, crs = c_g * rs;
-  float* ws = workspace + static_cast<int64_t>(group) * k_g * crs + tap;
-  tc_fwd::for_each_acc(acc, lane, m0 + warp_m * kWarpM, c0 + warp_n * kWarpN, [&](int, int k, int c, float v) {
-    if (k < k_g && c < c_g) atomicAdd(ws + k * crs + c * rs, v);
+  const int split = static_cast<int>(blockIdx.z) % splits;
+  float* ws = workspace + split * split_stride + static_cast<int64_t>(group) * k_g * crs + tap;
+  tc_conv::for_each_acc(acc, lane, m0 + warp_m * kWarpM, c0 + warp_n * kWarpN, [&](int, int, int k, int c, float v) {
+    if (k >= k_g || c >= c_g) return;
+    if (split_stride > 0)
+      ws[k * crs + c * rs] = v;
+    else
+      atomicAdd(ws + k * crs + c * rs, v);
   });
 }
 
 // ---- Small kernels -----------------------------------------------------------
 
-// dw[k][c][r][s] = workspace[k][c][r][s], through dw's strides and dtype.
+// dw[k][c][r][s] = the sum over splits of workspace[split][k][c][r][s], in
+// split order (one split unless the deterministic weight gradient kept its
+// splits), through dw's strides and dtype.
 template <typename T>
 __global__ void __launch_bounds__(kConvertThreads)
-    weight_grad_convert_kernel(const Conv2dShape shape, const acc_t<T>* workspace, T* dw) {
+    weight_grad_convert_kernel(const Conv2dShape shape, const acc_t<T>* workspace, const int splits, T* dw) {
   const int64_t RS = shape.R * shape.S;
   const int64_t CRS = shape.c_per_group() * RS;
   const int64_t total = shape.K * CRS;
@@ -731,8 +784,10 @@ __global__ void __launch_bounds__(kConvertThreads)
        i += step) {
     const int64_t k = i / CRS, crs = i - k * CRS, c = crs / RS, rs = crs - c * RS;
     const int64_t r = rs / shape.S, s = rs - r * shape.S;
+    acc_t<T> sum = workspace[i];
+    for (int split = 1; split < splits; ++split) sum += workspace[split * total + i];
     dw[k * shape.w_stride[0] + c * shape.w_stride[1] + r * shape.w_stride[2] +
-       s * shape.w_stride[3]] = static_cast<T>(workspace[i]);
+       s * shape.w_stride[3]] = static_cast<T>(sum);
   }
 }
 
@@ -807,149 +862,229 @@ void launch_gemm(const Problem& prob, int64_t groups, gpu_stream_t stream) {
   launch_gemm(prob, groups, 1, ceil_div(prob.gemm_k, kTileK), stream);
 }
 
-}  // namespace
-
 template <typename T>
-void conv2d_forward(const Conv2dShape& s, const T* x, const T* w, const T* bias, T* y,
-                    gpu_stream_t stream) {
-  ForwardProblem<T> prob{};
-  prob.shape = s;
-  prob.x = x;
-  prob.weight = w;
-  prob.bias = bias;
-  prob.y = y;
-  prob.gemm_m = checked_extent(s.N * s.P * s.Q, "N*P*Q");
-  prob.gemm_n = checked_extent(s.k_per_group(), "K/groups");
-  prob.gemm_k = checked_extent(s.c_per_group() * s.R * s.S, "C/groups*R*S");
-  prob.PQ = checked_extent(s.P * s.Q, "P*Q");
-  prob.Q = static_cast<int>(s.Q);
-  prob.RS = checked_extent(s.R * s.S, "R*S");
-  prob.S = static_cast<int>(s.S);
-  if constexpr (std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>) {
-    if (conv2d_forward_uses_tensor_cores(s, x, w) && prob.gemm_m > 0 && prob.gemm_n > 0) {
-      // the lambda captures plain ints: a capture of prob (an internal type) would give it internal linkage
-      const int gemm_m = prob.gemm_m, gemm_n = prob.gemm_n, PQ = prob.PQ, Q = prob.Q;
-      auto launch_tc = [&](auto bn) {
-        constexpr int BN = decltype(bn)::value;
-        const dim3 grid(static_cast<unsigned>(ceil_div(gemm_m, tc_fwd::kBM)),
-                        static_cast<unsigned>(ceil_div(gemm_n, BN)), static_cast<unsigned>(s.groups));
-        if (grid.y > kMaxGridYZ || grid.z > kMaxGridYZ)
-          throw std::invalid_argument("cnnkern conv2d (GPU): too many channel tiles or groups for the grid");
-        launch_kernel(conv2d_forward_tc_kernel<T, BN>, grid, dim3(tc_fwd::Tile<BN>::kThreads), 0, stream, s, x,
-                      w, bias, y, gemm_m, PQ, Q);
-      };
-      if (prob.gemm_n > 64)
-        launch_tc(std::integral_constant<int, 128>{});
-      else
-        launch_tc(std::integral_constant<int, 64>{});
-      return;
+constexpr bool kTensorCores = std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>;
+
+// The fp16/bf16 forward, and each sub-convolution of the input gradient, on
+// conv2d_forward_tc_kernel: 128-wide N tiles when there are more than 64
+// output channels per group, cp.async copies when the operands allow.
+template <typename T>
+void launch_forward_tc(const Conv2dShape& s, const T* x, const T* w, int64_t w_group_stride, const T* bias, T* y,
+                       gpu_stream_t stream) {
+  const int gemm_m = checked_extent(s.N * s.P * s.Q, "N*P*Q");
+  const int gemm_n = checked_extent(s.k_per_group(), "K/groups");
+  checked_extent(s.c_per_group() * s.R * s.S, "C/groups*R*S");
+  const int PQ = checked_extent(s.P * s.Q, "P*Q"), Q = static_cast<int>(s.Q);
+  if (gemm_m == 0 || gemm_n == 0 || s.groups == 0) return;
+  if (s.H > INT_MAX / 4 || s.W > INT_MAX / 4 || s.P > INT_MAX / 4 || s.Q > INT_MAX / 4)
+    throw std::invalid_argument("cnnkern conv2d (GPU): spatial extents too large for the tensor-core kernels");
+  auto launch = [&](auto bn, auto vec) {
+    constexpr int BN = decltype(bn)::value;
+    const dim3 grid(static_cast<unsigned>(ceil_div(gemm_m, tc_conv::kBM)), static_cast<unsigned>(ceil_div(gemm_n, BN)),
+                    static_cast<unsigned>(s.groups));
+    if (grid.y > kMaxGridYZ || grid.z > kMaxGridYZ)
+      throw std::invalid_argument("cnnkern conv2d (GPU): too many channel tiles or groups for the grid");
+    launch_kernel(conv2d_forward_tc_kernel<T, BN, decltype(vec)::value>, grid, dim3(tc_conv::Tile<BN>::kThreads), 0,
+                  stream, s, x, w, w_group_stride, bias, y, gemm_m, PQ, Q);
+  };
+  using Wide = std::integral_constant<int, 128>;
+  using Narrow = std::integral_constant<int, 64>;
+  // (a group's weight must start on a 16-byte boundary too)
+  const bool vec = conv2d_forward_vector_copies(s, x, w) && w_group_stride % 8 == 0;
+  if (gemm_n > 64)
+    vec ? launch(Wide{}, std::true_type{}) : launch(Wide{}, std::false_type{});
+  else
+    vec ? launch(Narrow{}, std::true_type{}) : launch(Narrow{}, std::false_type{});
+}
+
+// The fp16/bf16 input gradient as stride_h * stride_w stride-1 convolutions of
+// dy, one per phase (ph, pw) of the input coordinate (conv_dgrad_taps): each
+// writes the dx pixels (ph + stride_h i, pw + stride_w j) through the weight
+// transposed (its two channel roles swapped) with its taps of that phase
+// flipped. The flip is negative tap strides from the phase's last tap; a phase
+// no tap reaches is a convolution over no taps, which writes its zeros.
+template <typename T>
+void backward_input_tc(const Conv2dShape& s, const T* dy, const T* w, T* dx, gpu_stream_t stream) {
+  for (int64_t ph = 0; ph < s.stride_h && ph < s.H; ++ph) {
+    const DgradTaps th = conv_dgrad_taps(ph, s.R, s.stride_h, s.pad_h, s.dil_h);
+    for (int64_t pw = 0; pw < s.stride_w && pw < s.W; ++pw) {
+      const DgradTaps tw = conv_dgrad_taps(pw, s.S, s.stride_w, s.pad_w, s.dil_w);
+      Conv2dShape t = s;
+      t.C = s.K, t.H = s.P, t.W = s.Q;
+      t.K = s.C, t.P = ceil_div(s.H - ph, s.stride_h), t.Q = ceil_div(s.W - pw, s.stride_w);
+      t.R = th.count, t.S = tw.count;
+      t.stride_h = t.stride_w = 1;
+      t.pad_h = th.pad, t.pad_w = tw.pad, t.dil_h = th.dil, t.dil_w = tw.dil;
+      const int64_t x_stride[4] = {s.y_stride[0], s.y_stride[1], s.y_stride[2], s.y_stride[3]};
+      const int64_t w_stride[4] = {s.w_stride[1], s.w_stride[0], -th.step * s.w_stride[2], -tw.step * s.w_stride[3]};
+      const int64_t y_stride[4] = {s.x_stride[0], s.x_stride[1], s.x_stride[2] * s.stride_h,
+                                   s.x_stride[3] * s.stride_w};
+      for (int i = 0; i < 4; ++i) t.x_stride[i] = x_stride[i], t.w_stride[i] = w_stride[i], t.y_stride[i] = y_stride[i];
+      const T* w_last = w + th.last() * s.w_stride[2] + tw.last() * s.w_stride[3];
+      launch_forward_tc(t, dy, w_last, s.k_per_group() * s.w_stride[0], static_cast<const T*>(nullptr),
+                        dx + ph * s.x_stride[2] + pw * s.x_stride[3], stream);
     }
   }
-  launch_gemm(prob, s.groups, stream);
 }
 
-bool conv2d_forward_uses_tensor_cores(const Conv2dShape& s, const void* x, const void* w) {
-  auto aligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
-  auto by8 = [](const int64_t (&st)[4]) { return st[0] % 8 == 0 && st[2] % 8 == 0 && st[3] % 8 == 0; };
-  return s.groups > 0 && s.c_per_group() % 8 == 0 && s.x_stride[1] == 1 && s.w_stride[1] == 1 &&
-         by8(s.x_stride) && by8(s.w_stride) && aligned(x) && aligned(w) && s.H <= INT_MAX / 4 &&
-         s.W <= INT_MAX / 4;
-}
-
-bool conv2d_backward_weight_uses_tensor_cores(const Conv2dShape& s, const void* dy, const void* x) {
-  auto aligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
-  auto by8 = [](const int64_t (&st)[4]) { return st[0] % 8 == 0 && st[2] % 8 == 0 && st[3] % 8 == 0; };
-  return s.groups > 0 && s.c_per_group() % 8 == 0 && s.k_per_group() % 8 == 0 && s.x_stride[1] == 1 &&
-         s.y_stride[1] == 1 && by8(s.x_stride) && by8(s.y_stride) && aligned(x) && aligned(dy) &&
-         s.H <= INT_MAX / 4 && s.W <= INT_MAX / 4;
-}
-
-template <typename T>
-void conv2d_backward_input(const Conv2dShape& s, const T* dy, const T* w, T* dx,
-                           gpu_stream_t stream) {
-  BackwardInputProblem<T> prob{};
-  prob.shape = s;
-  prob.dy = dy;
-  prob.weight = w;
-  prob.dx = dx;
-  prob.gemm_m = checked_extent(s.N * s.H * s.W, "N*H*W");
-  prob.gemm_n = checked_extent(s.c_per_group(), "C/groups");
-  prob.gemm_k = checked_extent(s.k_per_group() * s.R * s.S, "K/groups*R*S");
-  prob.HW = checked_extent(s.H * s.W, "H*W");
-  prob.W = static_cast<int>(s.W);
-  prob.RS = checked_extent(s.R * s.S, "R*S");
-  prob.S = static_cast<int>(s.S);
-  launch_gemm(prob, s.groups, stream);
+// The fp16/bf16 weight gradient's split of the pixels over grid.z: as many
+// splits as fill the SMs once with their resident blocks (16 warps each: see
+// __launch_bounds__; ceil would start a second, mostly empty wave), each at
+// least kMinStepsPerSplit steps. Deterministic mode keeps them: each split
+// stores into its own workspace slice instead of adding atomically.
+struct WgradTcPlan {
+  int bn;  // channels per block tile: 128 when C/groups > 64, else 64
+  int64_t c_tiles, splits, steps_per_split;
+};
+WgradTcPlan plan_backward_weight_tc(const Conv2dShape& s) {
+  WgradTcPlan p{s.c_per_group() > 64 ? 128 : 64, 0, 1, 0};
+  const int64_t threads = p.bn == 128 ? tc_wgrad::Tile<128>::kThreads : tc_wgrad::Tile<64>::kThreads;
+  p.c_tiles = ceil_div(s.c_per_group(), p.bn);
+  const int64_t tiles = ceil_div(s.k_per_group(), tc_wgrad::kBM) * s.R * s.S * p.c_tiles * s.groups;
+  const int64_t steps = ceil_div(s.N * s.P * s.Q, tc_wgrad::kBK);
+  if (tiles == 0 || steps == 0) return p;
+  int64_t splits = 512 / threads * multiprocessor_count() / tiles;
+  if (splits > ceil_div(steps, kMinStepsPerSplit)) splits = ceil_div(steps, kMinStepsPerSplit);
+  if (splits > kMaxGridYZ / s.groups) splits = kMaxGridYZ / s.groups;
+  if (splits < 1) splits = 1;
+  p.steps_per_split = ceil_div(steps, splits);
+  p.splits = ceil_div(steps, p.steps_per_split);  // drop splits that would get no work
+  return p;
 }
 
 template <typename T>
-void conv2d_backward_weight(const Conv2dShape& s, const T* dy, const T* x, T* dw,
-                            acc_t<T>* workspace, bool deterministic, gpu_stream_t stream) {
-  BackwardWeightProblem<T> prob{};
-  prob.shape = s;
-  prob.dy = dy;
-  prob.x = x;
-  prob.workspace = workspace;
-  prob.gemm_m = checked_extent(s.k_per_group(), "K/groups");
-  prob.gemm_n = checked_extent(s.c_per_group() * s.R * s.S, "C/groups*R*S");
-  prob.gemm_k = checked_extent(s.N * s.P * s.Q, "N*P*Q");
-  prob.PQ = checked_extent(s.P * s.Q, "P*Q");
-  prob.Q = static_cast<int>(s.Q);
-  prob.RS = checked_extent(s.R * s.S, "R*S");
-  prob.S = static_cast<int>(s.S);
+void launch_backward_weight_tc(const Conv2dShape& s, const T* dy, const T* x, float* workspace, bool deterministic,
+                               gpu_stream_t stream) {
+  const int gemm_m = checked_extent(s.k_per_group(), "K/groups");
+  const int gemm_n = checked_extent(s.c_per_group() * s.R * s.S, "C/groups*R*S");
+  const int gemm_k = checked_extent(s.N * s.P * s.Q, "N*P*Q");
+  const int PQ = checked_extent(s.P * s.Q, "P*Q"), Q = static_cast<int>(s.Q);
+  if (gemm_m == 0 || gemm_n == 0 || gemm_k == 0 || s.groups == 0) return;
+  if (s.H > INT_MAX / 4 || s.W > INT_MAX / 4 || s.P > INT_MAX / 4 || s.Q > INT_MAX / 4)
+    throw std::invalid_argument("cnnkern conv2d (GPU): spatial extents too large for the tensor-core kernels");
+  const WgradTcPlan plan = plan_backward_weight_tc(s);
+  if (s.R * s.S * plan.c_tiles > kMaxGridYZ)
+    throw std::invalid_argument("cnnkern conv2d (GPU): too many taps and channel tiles for the grid");
+  const int64_t split_stride = deterministic && plan.splits > 1 ? s.K * s.c_per_group() * s.R * s.S : 0;
+  auto launch = [&](auto bn, auto vec) {
+    constexpr int BN = decltype(bn)::value;
+    const dim3 grid(static_cast<unsigned>(ceil_div(gemm_m, tc_wgrad::kBM)),
+                    static_cast<unsigned>(s.R * s.S * plan.c_tiles), static_cast<unsigned>(s.groups * plan.splits));
+    launch_kernel(conv2d_backward_weight_tc_kernel<T, BN, decltype(vec)::value>, grid,
+                  dim3(tc_wgrad::Tile<BN>::kThreads), 0, stream, s, dy, x, workspace, split_stride, gemm_k, PQ, Q,
+                  static_cast<int>(plan.c_tiles), static_cast<int>(plan.splits),
+                  static_cast<int>(plan.steps_per_split));
+  };
+  using Wide = std::integral_constant<int, 128>;
+  using Narrow = std::integral_constant<int, 64>;
+  const bool vec = conv2d_backward_weight_vector_copies(s, dy, x);
+  if (plan.bn == 128)
+    vec ? launch(Wide{}, std::true_type{}) : launch(Wide{}, std::false_type{});
+  else
+    vec ? launch(Narrow{}, std::true_type{}) : launch(Narrow{}, std::false_type{});
+}
 
-  bool tensor_cores = false;
-  if constexpr (std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>)
-    tensor_cores = conv2d_backward_weight_uses_tensor_cores(s, dy, x);
-  if (tensor_cores && prob.gemm_m > 0 && prob.gemm_n > 0 && prob.gemm_k > 0) {
-    if constexpr (std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>) {
-      const int gemm_m = prob.gemm_m, gemm_k = prob.gemm_k, PQ = prob.PQ, Q = prob.Q;  // see conv2d_forward
-      auto launch_tc = [&](auto bn) {
-        constexpr int BN = decltype(bn)::value;
-        const int64_t c_tiles = ceil_div(s.c_per_group(), BN);
-        const int64_t tiles = ceil_div(gemm_m, tc_wgrad::kBM) * s.R * s.S * c_tiles * s.groups;
-        const int64_t steps = ceil_div(gemm_k, tc_wgrad::kBK);
-        // as many splits as fill the SMs once with their resident blocks (16 warps
-        // each: see __launch_bounds__; ceil would start a second, mostly empty
-        // wave), each at least kMinStepsPerSplit steps
-        int64_t splits = 512 / tc_wgrad::Tile<BN>::kThreads * multiprocessor_count() / tiles;
-        if (splits > ceil_div(steps, kMinStepsPerSplit)) splits = ceil_div(steps, kMinStepsPerSplit);
-        if (splits > kMaxGridYZ / s.groups) splits = kMaxGridYZ / s.groups;
-        if (splits < 1 || deterministic) splits = 1;
-        const int64_t steps_per_split = ceil_div(steps, splits);
-        splits = ceil_div(steps, steps_per_split);
-        if (s.R * s.S * c_tiles > kMaxGridYZ)
-          throw std::invalid_argument("cnnkern conv2d (GPU): too many taps and channel tiles for the grid");
-        const dim3 grid(static_cast<unsigned>(ceil_div(gemm_m, tc_wgrad::kBM)),
-                        static_cast<unsigned>(s.R * s.S * c_tiles), static_cast<unsigned>(s.groups * splits));
-        launch_kernel(conv2d_backward_weight_tc_kernel<T, BN>, grid, dim3(tc_wgrad::Tile<BN>::kThreads), 0,
-                      stream, s, dy, x, static_cast<float*>(workspace), gemm_k, PQ, Q,
-                      static_cast<int>(c_tiles), static_cast<int>(splits), static_cast<int>(steps_per_split));
-      };
-      if (s.c_per_group() > 64)
-        launch_tc(std::integral_constant<int, 128>{});
-      else
-        launch_tc(std::integral_constant<int, 64>{});
+}  // namespace
+
+bool conv2d_forward_vector_copies(const Conv2dShape& s, const void* x, const void* w) {
+  return s.groups > 0 && s.c_per_group() % 8 == 0 && channels_in_16_byte_rows(s.x_stride, x) &&
+         channels_in_16_byte_rows(s.w_stride, w);
+}
+
+bool conv2d_backward_weight_vector_copies(const Conv2dShape& s, const void* dy, const void* x) {
+  return s.groups > 0 && s.c_per_group() % 8 == 0 && s.k_per_group() % 8 == 0 &&
+         channels_in_16_byte_rows(s.x_stride, x) && channels_in_16_byte_rows(s.y_stride, dy);
+}
+
+template <typename T>
+void conv2d_forward(const Conv2dShape& s, const T* x, const T* w, const T* bias, T* y, gpu_stream_t stream) {
+  if constexpr (kTensorCores<T>) {
+    launch_forward_tc(s, x, w, s.k_per_group() * s.w_stride[0], bias, y, stream);
+  } else {
+    ForwardProblem<T> prob{};
+    prob.shape = s;
+    prob.x = x;
+    prob.weight = w;
+    prob.bias = bias;
+    prob.y = y;
+    prob.gemm_m = checked_extent(s.N * s.P * s.Q, "N*P*Q");
+    prob.gemm_n = checked_extent(s.k_per_group(), "K/groups");
+    prob.gemm_k = checked_extent(s.c_per_group() * s.R * s.S, "C/groups*R*S");
+    prob.PQ = checked_extent(s.P * s.Q, "P*Q");
+    prob.Q = static_cast<int>(s.Q);
+    prob.RS = checked_extent(s.R * s.S, "R*S");
+    prob.S = static_cast<int>(s.S);
+    launch_gemm(prob, s.groups, stream);
+  }
+}
+
+template <typename T>
+void conv2d_backward_input(const Conv2dShape& s, const T* dy, const T* w, T* dx, gpu_stream_t stream) {
+  if constexpr (kTensorCores<T>) {
+    backward_input_tc(s, dy, w, dx, stream);
+  } else {
+    BackwardInputProblem<T> prob{};
+    prob.shape = s;
+    prob.dy = dy;
+    prob.weight = w;
+    prob.dx = dx;
+    prob.gemm_m = checked_extent(s.N * s.H * s.W, "N*H*W");
+    prob.gemm_n = checked_extent(s.c_per_group(), "C/groups");
+    prob.gemm_k = checked_extent(s.k_per_group() * s.R * s.S, "K/groups*R*S");
+    prob.HW = checked_extent(s.H * s.W, "H*W");
+    prob.W = static_cast<int>(s.W);
+    prob.RS = checked_extent(s.R * s.S, "R*S");
+    prob.S = static_cast<int>(s.S);
+    launch_gemm(prob, s.groups, stream);
+  }
+}
+
+template <typename T>
+void conv2d_backward_weight(const Conv2dShape& s, const T* dy, const T* x, T* dw, acc_t<T>* workspace,
+                            bool deterministic, gpu_stream_t stream) {
+  if constexpr (kTensorCores<T>) {
+    launch_backward_weight_tc(s, dy, x, static_cast<float*>(workspace), deterministic, stream);
+  } else {
+    BackwardWeightProblem<T> prob{};
+    prob.shape = s;
+    prob.dy = dy;
+    prob.x = x;
+    prob.workspace = workspace;
+    prob.gemm_m = checked_extent(s.k_per_group(), "K/groups");
+    prob.gemm_n = checked_extent(s.c_per_group() * s.R * s.S, "C/groups*R*S");
+    prob.gemm_k = checked_extent(s.N * s.P * s.Q, "N*P*Q");
+    prob.PQ = checked_extent(s.P * s.Q, "P*Q");
+    prob.Q = static_cast<int>(s.Q);
+    prob.RS = checked_extent(s.R * s.S, "R*S");
+    prob.S = static_cast<int>(s.S);
+    if (prob.gemm_m > 0 && prob.gemm_n > 0 && prob.gemm_k > 0 && s.groups > 0) {
+      const int64_t tiles = ceil_div(prob.gemm_m, kTileM) * ceil_div(prob.gemm_n, kTileN) * s.groups;
+      const int64_t steps = ceil_div(prob.gemm_k, kTileK);
+      int64_t splits = ceil_div(kTargetBlocksPerSm * multiprocessor_count(), tiles);
+      if (splits > ceil_div(steps, kMinStepsPerSplit)) splits = ceil_div(steps, kMinStepsPerSplit);
+      if (splits > kMaxGridYZ / s.groups) splits = kMaxGridYZ / s.groups;
+      if (splits < 1 || deterministic) splits = 1;
+      const int64_t steps_per_split = ceil_div(steps, splits);
+      splits = ceil_div(steps, steps_per_split);  // drop splits that would get no work
+      launch_gemm(prob, s.groups, splits, steps_per_split, stream);
     }
-  } else if (prob.gemm_m > 0 && prob.gemm_n > 0 && prob.gemm_k > 0 && s.groups > 0) {
-    const int64_t tiles = ceil_div(prob.gemm_m, kTileM) * ceil_div(prob.gemm_n, kTileN) * s.groups;
-    const int64_t steps = ceil_div(prob.gemm_k, kTileK);
-    int64_t splits = ceil_div(kTargetBlocksPerSm * multiprocessor_count(), tiles);
-    if (splits > ceil_div(steps, kMinStepsPerSplit)) splits = ceil_div(steps, kMinStepsPerSplit);
-    if (splits > kMaxGridYZ / s.groups) splits = kMaxGridYZ / s.groups;
-    if (splits < 1 || deterministic) splits = 1;
-    const int64_t steps_per_split = ceil_div(steps, splits);
-    splits = ceil_div(steps, steps_per_split);  // drop splits that would get no work
-    launch_gemm(prob, s.groups, splits, steps_per_split, stream);
   }
 
   // Runs even when the GEMM is empty: dw is then the zeroed workspace.
   const int64_t total = s.K * s.c_per_group() * s.R * s.S;
   if (total == 0) return;
+  const int64_t splits = conv2d_backward_weight_workspace<T>(s, deterministic) / total;
   int64_t blocks = ceil_div(total, kConvertThreads);
   if (blocks > kMaxConvertBlocks) blocks = kMaxConvertBlocks;
-  launch_kernel(weight_grad_convert_kernel<T>, dim3(static_cast<unsigned>(blocks)),
-                dim3(kConvertThreads), 0, stream, s, static_cast<const acc_t<T>*>(workspace), dw);
+  launch_kernel(weight_grad_convert_kernel<T>, dim3(static_cast<unsigned>(blocks)), dim3(kConvertThreads), 0,
+                stream, s, static_cast<const acc_t<T>*>(workspace), static_cast<int>(splits), dw);
+}
+
+template <typename T>
+int64_t conv2d_backward_weight_workspace(const Conv2dShape& s, bool deterministic) {
+  const int64_t total = s.K * s.c_per_group() * s.R * s.S;
+  if (!kTensorCores<T> || !deterministic || s.N * s.P * s.Q == 0 || total == 0) return total;
+  return total * plan_backward_weight_tc(s).splits;
 }
 
 template <typename T>
@@ -968,7 +1103,8 @@ void conv2d_backward_bias(const Conv2dShape& s, const T* dy, T* db, gpu_stream_t
                                          gpu_stream_t);                                    \
   template void conv2d_backward_weight<T>(const Conv2dShape&, const T*, const T*, T*,      \
                                           acc_t<T>*, bool, gpu_stream_t);                  \
-  template void conv2d_backward_bias<T>(const Conv2dShape&, const T*, T*, gpu_stream_t);
+  template void conv2d_backward_bias<T>(const Conv2dShape&, const T*, T*, gpu_stream_t);          \
+  template int64_t conv2d_backward_weight_workspace<T>(const Conv2dShape&, bool);
 
 CNNKERN_INSTANTIATE_CONV2D(float)
 CNNKERN_INSTANTIATE_CONV2D(double)

@@ -8,9 +8,6 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
-#include <algorithm>
-#include <iterator>
-
 #include "cnnkern/conv2d_launch.h"
 #include "conv2d_common.h"
 
@@ -18,11 +15,18 @@ namespace cnnkern::CNNKERN_GPU_NS {
 
 gpu_stream_t current_stream(const at::Tensor& t);
 
-// t itself when its channels are contiguous (and its other strides whole
-// 16-byte multiples), else a channels_last copy.
-inline at::Tensor channels_inner(const at::Tensor& t) {
-  const bool ok = t.stride(1) == 1 && t.stride(0) % 8 == 0 && t.stride(2) % 8 == 0 && t.stride(3) % 8 == 0;
-  return ok ? t : t.contiguous(at::MemoryFormat::ChannelsLast);
+inline bool is_16_bit(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
+
+// fp16/bf16 convs run on tensor cores with any layout, but copy their operands
+// 16 bytes at a time only when the channels sit in 16-byte rows
+// (channels_in_16_byte_rows). `fast` says whether the channel counts allow it;
+// then t itself if it already does, else a channels_last copy (one read and one
+// write, small beside the GEMM).
+inline at::Tensor channels_inner(const at::Tensor& t, bool fast) {
+  if (!fast) return t;
+  int64_t st[4];
+  fill_strides(st, t);
+  return channels_in_16_byte_rows(st, t.const_data_ptr()) ? t : t.clone(at::MemoryFormat::ChannelsLast);
 }
 
 inline at::Tensor conv2d_op(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -33,13 +37,8 @@ inline at::Tensor conv2d_op(const at::Tensor& input, const at::Tensor& weight, c
   if (y.numel() == 0) return y;
   fill_strides(s.y_stride, y);
   const std::optional<at::Tensor> b = bias.has_value() ? std::optional(bias->contiguous()) : std::nullopt;
-  // fp16/bf16 with whole 16-byte channel chunks run on tensor cores, which gather
-  // channels_last x and weight (copied here when they are not: one read and one
-  // write each, small beside the GEMM); y keeps torch's memory format.
-  const auto dtype = input.scalar_type();
-  const bool tensor_cores = (dtype == at::kHalf || dtype == at::kBFloat16) && s.c_per_group() % 8 == 0;
-  const at::Tensor x = tensor_cores ? channels_inner(input) : input;
-  const at::Tensor w = tensor_cores ? channels_inner(weight) : weight;
+  const bool fast = is_16_bit(input.scalar_type()) && s.c_per_group() % 8 == 0;
+  const at::Tensor x = channels_inner(input, fast), w = channels_inner(weight, fast);
   fill_strides(s.x_stride, x);
   fill_strides(s.w_stride, w);
   CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_conv2d_gpu", [&] {
@@ -58,41 +57,18 @@ inline at::Tensor conv2d_backward_input_op(const at::Tensor& grad_output, const 
   at::Tensor dx = at::empty(input.sizes(), input.options().memory_format(conv2d_memory_format(input, weight)));
   if (dx.numel() == 0) return dx;
   if (grad_output.numel() == 0) return dx.zero_();
+  // fp16/bf16 reduce over dy's channels (convolutions of dy: see
+  // conv2d_backward_input), so the fast copies want dy channels-contiguous and
+  // the weight with k innermost: one small copy packs it as (c, r, s, k),
+  // viewed as (k, c, r, s).
+  const bool fast = is_16_bit(input.scalar_type()) && s.k_per_group() % 8 == 0;
+  const at::Tensor dy = channels_inner(grad_output, fast);
+  const at::Tensor w = fast ? weight.permute({1, 2, 3, 0}).contiguous().permute({3, 0, 1, 2}) : weight;
   fill_strides(s.x_stride, dx);
-  fill_strides(s.y_stride, grad_output);
-  const auto dtype = input.scalar_type();
-  if ((dtype == at::kHalf || dtype == at::kBFloat16) && s.stride_h == 1 && s.stride_w == 1 &&
-      s.k_per_group() % 8 == 0) {
-    // With stride 1 the input gradient is itself a convolution: of dy, padded by
-    // dil*(R-1) - pad, through the weight with its taps flipped and its channel
-    // roles swapped, W'[g c][k][r][s] = W[g k][c][R-1-r][S-1-s]. That runs on the
-    // forward's tensor-core kernel. One copy packs W as (g, c, r, s, k), the
-    // reduction over k contiguous; the flip is negative tap strides from the
-    // last tap.
-    const at::Tensor dy = channels_inner(grad_output);
-    const int64_t k_g = s.k_per_group();
-    const at::Tensor w_t =
-        weight.view({s.groups, k_g, s.c_per_group(), s.R, s.S}).permute({0, 2, 3, 4, 1}).contiguous();
-    Conv2dShape t = s;
-    t.C = s.K, t.H = s.P, t.W = s.Q, t.K = s.C, t.P = s.H, t.Q = s.W;
-    t.pad_h = s.dil_h * (s.R - 1) - s.pad_h;
-    t.pad_w = s.dil_w * (s.S - 1) - s.pad_w;
-    fill_strides(t.x_stride, dy);
-    const int64_t w_t_stride[4] = {s.R * s.S * k_g, 1, -s.S * k_g, -k_g};
-    std::copy(std::begin(w_t_stride), std::end(w_t_stride), std::begin(t.w_stride));
-    const int64_t last_tap = (s.R - 1) * s.S * k_g + (s.S - 1) * k_g;
-    std::copy(std::begin(s.x_stride), std::end(s.x_stride), std::begin(t.y_stride));
-    const void* w_last = static_cast<const char*>(w_t.const_data_ptr()) + last_tap * w_t.element_size();
-    if (conv2d_forward_uses_tensor_cores(t, dy.const_data_ptr(), w_last)) {
-      CNNKERN_DISPATCH_FLOATS(dtype, "cnnkern_conv2d_dgrad_gpu", [&] {
-        conv2d_forward<scalar_t>(t, dy.const_data_ptr<scalar_t>(), static_cast<const scalar_t*>(w_last), nullptr,
-                                 dx.data_ptr<scalar_t>(), current_stream(input));
-      });
-      return dx;
-    }
-  }
+  fill_strides(s.y_stride, dy);
+  fill_strides(s.w_stride, w);
   CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_conv2d_dgrad_gpu", [&] {
-    conv2d_backward_input<scalar_t>(s, grad_output.const_data_ptr<scalar_t>(), weight.const_data_ptr<scalar_t>(),
+    conv2d_backward_input<scalar_t>(s, dy.const_data_ptr<scalar_t>(), w.const_data_ptr<scalar_t>(),
                                     dx.data_ptr<scalar_t>(), current_stream(input));
   });
   return dx;
@@ -107,21 +83,18 @@ inline at::Tensor conv2d_backward_weight_op(const at::Tensor& grad_output, const
   if (dw.numel() == 0) return dw;
   if (s.N == 0) return dw.zero_();
   fill_strides(s.w_stride, dw);
-  // fp16/bf16 with whole 16-byte channel chunks on both sides run on tensor
-  // cores, which gather channels_last dy and x (copied here when they are not).
-  const auto dtype = input.scalar_type();
-  const bool tensor_cores = (dtype == at::kHalf || dtype == at::kBFloat16) && s.c_per_group() % 8 == 0 &&
-                            s.k_per_group() % 8 == 0;
-  const at::Tensor dy = tensor_cores ? channels_inner(grad_output) : grad_output;
-  const at::Tensor x = tensor_cores ? channels_inner(input) : input;
+  const bool fast = is_16_bit(input.scalar_type()) && s.c_per_group() % 8 == 0 && s.k_per_group() % 8 == 0;
+  const at::Tensor dy = channels_inner(grad_output, fast), x = channels_inner(input, fast);
   fill_strides(s.y_stride, dy);
   fill_strides(s.x_stride, x);
   const auto acc = acc_dtype(input.scalar_type());
-  at::Tensor workspace = at::zeros({dw.numel()}, input.options().dtype(acc));
+  const bool deterministic = at::globalContext().deterministicAlgorithms();
   CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_conv2d_wgrad_gpu", [&] {
+    at::Tensor workspace =
+        at::zeros({conv2d_backward_weight_workspace<scalar_t>(s, deterministic)}, input.options().dtype(acc));
     conv2d_backward_weight<scalar_t>(s, dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
-                                     dw.data_ptr<scalar_t>(), workspace.data_ptr<acc_t<scalar_t>>(),
-                                     at::globalContext().deterministicAlgorithms(), current_stream(input));
+                                     dw.data_ptr<scalar_t>(), workspace.data_ptr<acc_t<scalar_t>>(), deterministic,
+                                     current_stream(input));
   });
   return dw;
 }

@@ -32,13 +32,14 @@ namespace {
 
 // ---- Strided 4-d buffers -------------------------------------------------------
 
-enum class Layout { Contiguous, ChannelsLast, Strided };
+enum class Layout { Contiguous, ChannelsLast, Strided, KInner };
 
 const char* layout_name(Layout l) {
   switch (l) {
     case Layout::Contiguous: return "nchw";
     case Layout::ChannelsLast: return "nhwc";
     case Layout::Strided: return "strided";
+    case Layout::KInner: return "crsk";
   }
   return "?";
 }
@@ -54,6 +55,9 @@ Dims make_strides(Layout layout, const Dims& d) {
       const int64_t sw = 2, sh = d[3] * sw + 3, sc = d[2] * sh + 1, sn = d[1] * sc + 5;
       return {sn, sc, sh, sw};
     }
+    // dim 0 innermost: a weight packed (c, r, s, k), as the op layer hands the
+    // 16-bit input gradient its weight
+    case Layout::KInner: return {1, d[2] * d[3] * d[0], d[3] * d[0], d[0]};
   }
   return {};
 }
@@ -238,8 +242,8 @@ void run_case(const Case& c, uint32_t seed) {
     const auto t0 = std::chrono::steady_clock::now();
     kern::conv2d_forward<T>(s, x.data.data(), w.data.data(), c.bias ? bias.data() : nullptr,
                             y.data.data(), nullptr);
-    const bool tc = sizeof(T) == 2 && kern::conv2d_forward_uses_tensor_cores(s, x.data.data(), w.data.data());
-    report(tc ? "forward (mma)" : "forward", c, y, ref, ms_since(t0));
+    const bool vec = kern::conv2d_forward_vector_copies(s, x.data.data(), w.data.data());
+    report(sizeof(T) != 2 ? "forward" : vec ? "forward (mma)" : "forward (mma, g)", c, y, ref, ms_since(t0));
   }
   // backward input
   {
@@ -251,7 +255,7 @@ void run_case(const Case& c, uint32_t seed) {
     Buffer<T> dx(xd, c.x_layout);
     const auto t0 = std::chrono::steady_clock::now();
     kern::conv2d_backward_input<T>(s, dy.data.data(), w.data.data(), dx.data.data(), nullptr);
-    report("backward_input", c, dx, ref, ms_since(t0));
+    report(sizeof(T) == 2 ? "bwd_input (mma)" : "backward_input", c, dx, ref, ms_since(t0));
   }
   // backward weight
   {
@@ -263,13 +267,15 @@ void run_case(const Case& c, uint32_t seed) {
     // split-K (atomics into the workspace), and one split per tile (the deterministic mode)
     for (const bool deterministic : {false, true}) {
       Buffer<T> dw(wd, c.w_layout);
-      std::vector<acc_t<T>> workspace(static_cast<size_t>(c.K * cpg * c.R * c.S), acc_t<T>(0));
+      std::vector<acc_t<T>> workspace(static_cast<size_t>(kern::conv2d_backward_weight_workspace<T>(s, deterministic)),
+                                      acc_t<T>(0));
       const auto t0 = std::chrono::steady_clock::now();
       kern::conv2d_backward_weight<T>(s, dy.data.data(), x.data.data(), dw.data.data(),
                                       workspace.data(), deterministic, nullptr);
-      const bool tc = sizeof(T) == 2 && kern::conv2d_backward_weight_uses_tensor_cores(s, dy.data.data(), x.data.data());
-      report(deterministic ? (tc ? "bwd_w_det (mma)" : "bwd_weight_det") : (tc ? "bwd_weight (mma)" : "backward_weight"),
-             c, dw, ref, ms_since(t0));
+      const bool vec = kern::conv2d_backward_weight_vector_copies(s, dy.data.data(), x.data.data());
+      const char* tc = deterministic ? (vec ? "bwd_w_det (mma)" : "bwd_w_det (mma, g)")
+                                     : (vec ? "bwd_weight (mma)" : "bwd_weight (mma, g)");
+      report(sizeof(T) == 2 ? tc : deterministic ? "bwd_weight_det" : "backward_weight", c, dw, ref, ms_since(t0));
     }
   }
   // backward bias (db is a contiguous vector: view it as [K][1][1][1])
@@ -338,6 +344,13 @@ int main() {
       {"tensor cores 3x3 C136 K24 s2 p1 (wgrad: 2 c tiles)", 1, 136, 7, 6, 24, 3, 3, 2, 2, 1, 1, 1, 1, 1, L::ChannelsLast, L::ChannelsLast, L::ChannelsLast, false},
       {"tensor cores 1x1 C16 K16 16x16 (wgrad: split-K)", 2, 16, 16, 16, 16, 1, 1, 1, 1, 0, 0, 1, 1, 1, L::ChannelsLast, L::ChannelsLast, L::ChannelsLast, true},
       {"tensor cores C8 K8 7x7 3x2 d(2,3) p2 s(1,2)", 1, 8, 7, 7, 8, 3, 2, 1, 2, 2, 2, 2, 3, 1, L::ChannelsLast, L::ChannelsLast, L::Strided, true},
+      // Half/BFloat16 input gradients of strided convs (one stride-1 conv per phase) with the
+      // (c, r, s, k) weight the op layer packs, so their copies are cp.async: a phase no tap
+      // reaches (1x1 s2), 3x3 s2 p1 into an NCHW dx, stride 3 with dilation 2 (taps 3 apart)
+      // and stride 2 with dilation 2 (every tap or none) in groups.
+      {"tensor cores dgrad 1x1 s2 C16 K32 9x8", 2, 16, 9, 8, 32, 1, 1, 2, 2, 0, 0, 1, 1, 1, L::ChannelsLast, L::KInner, L::ChannelsLast, false},
+      {"tensor cores dgrad 3x3 s2 p1 C24 K16 11x10", 2, 24, 11, 10, 16, 3, 3, 2, 2, 1, 1, 1, 1, 1, L::Contiguous, L::KInner, L::ChannelsLast, true},
+      {"tensor cores dgrad 3x3 s(2,3) p(2,1) d2 g2 C16 K32", 1, 16, 13, 14, 32, 3, 3, 2, 3, 2, 1, 2, 2, 2, L::ChannelsLast, L::KInner, L::ChannelsLast, true},
   };
 
   const auto t0 = std::chrono::steady_clock::now();

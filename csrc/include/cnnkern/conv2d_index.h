@@ -63,6 +63,32 @@ CNNKERN_HD void conv_valid_range(int64_t in, int64_t k, int64_t stride, int64_t 
   *hi = h > l ? h : l;
 }
 
+// The input gradient of a strided conv, split by the phase of the input
+// coordinate (i = phase + stride * j): only the taps k = first + step * t
+// (t < count) reach phase, and through them dx at j is a stride-1 conv of dy at
+// j - pad + dil * t' with the taps flipped (t' = count - 1 - t). step is
+// stride / gcd(stride, dil), dil here is dil / gcd; no taps: count = 0.
+struct DgradTaps {
+  int64_t first, count, step, dil, pad;
+  CNNKERN_HD int64_t last() const { return count > 0 ? first + (count - 1) * step : 0; }
+};
+CNNKERN_HD DgradTaps conv_dgrad_taps(int64_t phase, int64_t kernel, int64_t stride, int64_t pad, int64_t dil) {
+  int64_t a = stride, b = dil;
+  while (b != 0) {
+    const int64_t r = a % b;
+    a = b;
+    b = r;
+  }
+  DgradTaps t{0, 0, stride / a, dil / a, 0};
+  // tap k reaches the phase when (phase + pad - k * dil) is a multiple of the
+  // stride; the k that do are one residue class mod step
+  while (t.first < t.step && t.first < kernel && (phase + pad - t.first * dil) % stride != 0) ++t.first;
+  if (t.first >= t.step || t.first >= kernel) return DgradTaps{0, 0, t.step, t.dil, 0};
+  t.count = (kernel - 1 - t.first) / t.step + 1;
+  t.pad = (t.count - 1) * t.dil - (phase + pad - t.first * dil) / stride;
+  return t;
+}
+
 // The taps k in [*lo, *hi) of a window starting at `base` (dilation `dil`)
 // that land inside [0, in): the window loops of pooling run over these only.
 CNNKERN_HD void conv_tap_range(int64_t base, int64_t in, int64_t kernel, int64_t dil, int64_t* lo, int64_t* hi) {

@@ -10,41 +10,56 @@
 // tensors through the element strides in Conv2dShape; outputs are fully written
 // (no zero-initialisation needed) except `workspace`, which the caller zeroes.
 #pragma once
+#include <cstdint>
+
 #include "cnnkern/conv2d_index.h"
 #include "cnnkern/gpu_types.h"
 
 namespace cnnkern {
 namespace CNNKERN_GPU_NS {
 
-// Whether conv2d_forward takes the tensor-core kernel (fp16/bf16 only): x and
-// w with channel stride 1 and their other strides multiples of 8 elements,
-// 16-byte aligned, C/groups a multiple of 8. The op layer makes channels_last
-// copies to get there.
-bool conv2d_forward_uses_tensor_cores(const Conv2dShape& s, const void* x, const void* w);
+// Whether a tensor's channels sit in 16-byte rows: channel stride (index 1) 1,
+// every other stride a multiple of 8 elements, the base 16-byte aligned. The
+// tensor-core kernels copy such operands with cp.async (else element by
+// element); the op layer makes channels_last copies to get there.
+inline bool channels_in_16_byte_rows(const int64_t (&stride)[4], const void* base) {
+  return stride[1] == 1 && stride[0] % 8 == 0 && stride[2] % 8 == 0 && stride[3] % 8 == 0 &&
+         reinterpret_cast<std::uintptr_t>(base) % 16 == 0;
+}
+
+// fp16/bf16 convs run on tensor cores (mma.sync) in all three passes, with any
+// strides and channel counts. These say whether their operand copies are the
+// fast ones: C/groups (and, for the weight gradient, K/groups) a multiple of 8
+// and the operands in 16-byte rows.
+bool conv2d_forward_vector_copies(const Conv2dShape& s, const void* x, const void* w);
+bool conv2d_backward_weight_vector_copies(const Conv2dShape& s, const void* dy, const void* x);
 
 // y = conv(x, w) + bias   (bias may be null)
 template <typename T>
 void conv2d_forward(const Conv2dShape& s, const T* x, const T* w, const T* bias,
                     T* y, gpu_stream_t stream);
 
-// dx = conv_transpose(dy, w), written through s.x_stride
+// dx = conv_transpose(dy, w), written through s.x_stride. fp16/bf16: one
+// convolution of dy per phase of the stride; their copies are cp.async when
+// K/groups % 8 == 0, dy is in 16-byte rows and w has k innermost (stride 1:
+// the op layer packs it as (c, r, s, k)).
 template <typename T>
 void conv2d_backward_input(const Conv2dShape& s, const T* dy, const T* w, T* dx,
                            gpu_stream_t stream);
 
-// Whether conv2d_backward_weight takes the tensor-core kernel (fp16/bf16 only):
-// dy and x channels-contiguous with their other strides multiples of 8 elements,
-// 16-byte aligned, C/groups and K/groups multiples of 8.
-bool conv2d_backward_weight_uses_tensor_cores(const Conv2dShape& s, const void* dy, const void* x);
-
 // dw = sum over (n, p, q) of dy * x, written through s.w_stride.
-// workspace: zeroed, K * (C/groups) * R * S elements of acc_t<T>.
-// deterministic: one split per tile, so each workspace element receives exactly
-// one atomic add and the result is the same bit for bit on every run
-// (torch.use_deterministic_algorithms(True)); otherwise split-K over the SMs.
+// workspace: zeroed, conv2d_backward_weight_workspace<T>(s, deterministic)
+// elements of acc_t<T>. The pixels are split over the SMs; the splits add
+// into the workspace atomically, or, deterministic
+// (torch.use_deterministic_algorithms(True)), fp16/bf16 splits store into
+// slices of their own that one kernel sums in a fixed order, and float/double
+// take one split (one add per element). Either way the deterministic result is
+// the same bit for bit on every run.
 template <typename T>
 void conv2d_backward_weight(const Conv2dShape& s, const T* dy, const T* x, T* dw,
                             acc_t<T>* workspace, bool deterministic, gpu_stream_t stream);
+template <typename T>
+int64_t conv2d_backward_weight_workspace(const Conv2dShape& s, bool deterministic);
 
 // db[k] = sum over (n, p, q) of dy[n][k][p][q]
 template <typename T>
