@@ -449,3 +449,17 @@ def test_torch_compile_fullgraph_with_pooling(backend):
         (gx,) = torch.autograd.grad(out.sum(), x)
     torch.testing.assert_close(out, eager)
     torch.testing.assert_close(gx, gx_eager)
+
+
+# The CUDA kernels take 32-bit index math below 2^31 elements and a 64-bit path above; the emulation
+# build reads CNNKERN_EMU_INDEX64=1 at each launch to take the 64-bit path, so both are checked here.
+@pytest.mark.skipif("cuda_emu" not in cnnkern.available_backends("cpu"), reason="needs the emulation build")
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("op,case", [("max", c) for c in MAX_CASES] + [("avg", c) for c in AVG_CASES] +
+                         [("adaptive", c) for c in ADAPTIVE_CASES], ids=lambda v: v if isinstance(v, str) else case_id(v))
+def test_cuda_emu_64_bit_index_path(monkeypatch, op, case, layout):
+    monkeypatch.setenv("CNNKERN_EMU_INDEX64", "1")
+    test = {"max": test_max_pool2d_matches_torch, "avg": test_avg_pool2d_matches_torch,
+            "adaptive": test_adaptive_avg_pool2d_matches_torch}[op]
+    with cnnkern.use_backend("cuda_emu"):
+        test(("cuda_emu", "cpu"), case, layout)

@@ -33,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "cnnkern/fast_divmod.h"
 #include "cnnkern/pool2d_launch.h"
 
 using cnnkern::Pool2dShape;
@@ -618,6 +619,46 @@ void literal_checks() {
           {0.0, 0.5, 1.5, 2.0, 1.5, 2.0, 3.0, 3.5, 4.5, 5.0, 6.0, 6.5, 6.0, 6.5, 7.5, 8.0}, {});
 }
 
+// The 32-bit magic-number divider against plain division: every divisor up to
+// 4096, powers of two and their neighbours up to 2^31 (its upper limit), and random ones, each
+// on numerators near 0, near multiples of the divisor and up to 2^31 - 1.
+void check_dividers() {
+  std::mt19937 rng(7);
+  std::vector<uint32_t> divisors;
+  for (uint32_t d = 1; d <= 4096; ++d) divisors.push_back(d);
+  for (int b = 1; b <= 31; ++b) {
+    const uint32_t p = uint32_t{1} << b;
+    for (uint32_t d : {p - 1, p, p + 1})
+      if (d <= 0x80000000u) divisors.push_back(d);  // the divider's range: 1 <= d <= 2^31
+  }
+  for (int i = 0; i < 2000; ++i) divisors.push_back(1 + rng() % 0x7fffffffu);
+  divisors.push_back(0x7fffffffu);
+  int bad = 0;
+  for (const uint32_t d : divisors) {
+    const cnnkern::Divider<uint32_t> div(d);
+    auto check = [&](uint32_t n) {
+      if (n > 0x7fffffffu) return;
+      uint32_t q = 0;
+      const uint32_t r = div.divmod(n, &q);
+      if ((q != n / d || r != n % d) && bad++ < 10)
+        std::printf("FAIL divider: %u / %u gave %u rem %u\n", n, d, q, r);
+    };
+    for (uint32_t n = 0; n < 64; ++n) check(n);
+    for (uint32_t k : {1u, 2u, 3u, 1000u, 0x7fffffffu / d, 0x7fffffffu / d - 1}) {
+      const uint64_t m = uint64_t{k} * d;
+      for (int64_t e = -2; e <= 2; ++e)
+        if (static_cast<int64_t>(m) + e >= 0 && m + e <= 0x7fffffffu) check(static_cast<uint32_t>(m + e));
+    }
+    for (int i = 0; i < 64; ++i) check(rng() & 0x7fffffffu);
+    check(0x7fffffffu);
+  }
+  const cnnkern::Divider<uint64_t> wide(12345);
+  uint64_t q = 0;
+  if (wide.divmod(uint64_t{1} << 40, &q) != (uint64_t{1} << 40) % 12345 || q != (uint64_t{1} << 40) / 12345) ++bad;
+  std::printf("-- dividers: %zu divisors, %s\n", divisors.size(), bad ? "FAILED" : "ok");
+  g_failures += bad;
+}
+
 }  // namespace
 
 int main() {
@@ -721,6 +762,7 @@ int main() {
   };
 
   const auto t0 = std::chrono::steady_clock::now();
+  check_dividers();
   literal_checks();
   uint32_t seed = 1;
   for (const Case& c : cases) {
