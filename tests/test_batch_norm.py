@@ -403,3 +403,53 @@ def test_torch_compile_fullgraph_all_four_layer_types(backend):
     # cumulative average of the same batch twice is that batch's statistics)
     assert model[1].num_batches_tracked.item() == model[4].num_batches_tracked.item() == 2
     assert not torch.equal(model[1].running_mean, state["1.running_mean"])
+
+
+@pytest.mark.parametrize("momentum", [0.1, None], ids=str)
+def test_op_updates_strided_buffers_of_another_dtype(backend_device, momentum):
+    # Half activations with fp32 buffers (mixed precision, as torch allows), the variance a strided view:
+    # the update is computed in fp32 and written through the buffers' strides, gaps untouched.
+    _, device = backend_device
+    ops = _ops.ops_for(cnnkern.current_backend())
+    x = make_input((4, 6, 3, 5), torch.float16, device, "channels_last", seed=8) * 2 + 1
+    rm = torch.randn(6, device=device)
+    storage = torch.rand(12, device=device) + 0.5
+    rv, gaps = storage[::2], storage[1::2].clone()
+    count = torch.tensor(2, device=device)
+    rm_ref, rv_ref = rm.cpu().double(), rv.cpu().double()
+    F.batch_norm(x.cpu().double(), rm_ref, rv_ref, training=True, momentum=1 / 3 if momentum is None else momentum)
+    ops.batch_norm_relu(x, None, None, rm, rv, count, True, momentum, 1e-5)  # None: 1 / (2 + 1)
+    assert count.item() == 3 and rm.dtype == rv.dtype == torch.float32
+    assert_close(rm, rm_ref, torch.float32, what="running_mean")
+    assert_close(rv, rv_ref, torch.float32, what="running_var")
+    assert torch.equal(storage[1::2], gaps)
+
+
+# The CUDA kernels walk with 32-bit offsets below 2^31 elements and 64-bit ones above; the emulation build
+# reads CNNKERN_EMU_INDEX64=1 at each launch to take the 64-bit path, so both are checked here.
+@pytest.mark.skipif("cuda_emu" not in cnnkern.available_backends("cpu"), reason="needs the emulation build")
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_cuda_emu_64_bit_offset_path(monkeypatch, shape, layout):
+    monkeypatch.setenv("CNNKERN_EMU_INDEX64", "1")
+    with cnnkern.use_backend("cuda_emu"):
+        test_training_steps_then_eval_match_torch(("cuda_emu", "cpu"), shape, layout)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("view", ["channels_last", "misaligned"])
+def test_channels_last_vector_widths(backend_device, dtype, view):
+    # C = 32 in channels_last takes the CUDA kernels' vectorised elementwise passes (2-4 channels per
+    # access); a view starting 2 channels into a 40-channel tensor is misaligned for them and falls back.
+    backend, device = backend_device
+    ours, ref = pair(32)
+    ours.to(device=device).float() if dtype != torch.float64 else ours.to(device)
+    for seed in range(2):
+        if view == "channels_last":
+            x = make_input((3, 32, 5, 7), dtype, device, "channels_last", seed=seed)
+        else:
+            x = make_input((3, 40, 5, 7), dtype, device, "channels_last", seed=seed)[:, 2:34]
+        step(ours, ref, x * 2 + 1, dtype, backend, device)
+    compare_state(ours, ref, dtype)
+    ours.eval(), ref.eval()
+    step(ours, ref, make_input((2, 32, 3, 3), dtype, device, "channels_last", seed=5), dtype, backend, device)

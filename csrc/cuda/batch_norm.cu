@@ -15,6 +15,12 @@
 // included). Per-channel parameters are loaded and combined once per thread,
 // and loads are issued kUnroll rows at a time.
 //
+// Offsets. Each walking pass has a 32-bit instantiation, taken whenever every
+// offset of x, y/dx and dy fits in int32, and a 64-bit one for larger tensors:
+// the per-element address math is then 32-bit multiply-adds (64-bit products
+// took twice the instructions), and the once-per-chunk (n, h, w) decode
+// divides in 32 bits instead of calling the 64-bit division routine.
+//
 // Chunking. Reductions: enough row chunks that tiles x chunks is one wave of
 // kReduceBlocksPerSm resident blocks per SM, each chunk at least
 // kMinRowsPerThread rows per thread. Elementwise passes: chunks of
@@ -30,7 +36,11 @@
 // per-channel partial (mean, M2) to the workspace ([2][C][chunks] of acc_t);
 // a chunk's count is its length, so it is not stored. A finalize kernel (one
 // warp per channel) merges a channel's partials, lane-strided then a shuffle
-// tree, with int64 counts, and writes mean and the biased var = M2 / M.
+// tree, with int64 counts, and writes mean and the biased var = M2 / M. In
+// training it also updates the running statistics from them (momentum, or
+// 1 / num_batches_tracked read on the device for momentum=None; unbiased
+// var; each buffer in its own dtype and stride), as the Triton finalize
+// does: the op runs no tensor ops of its own for it and never syncs.
 //
 // Apply (1 launch): y = relu((x - mean) * weight * invstd + bias), each
 // element read and written once; (x - mean) first, so a large mean cancels
@@ -46,7 +56,8 @@
 // backward reads dy, y and x twice (reduction, then dx; eval skips x the
 // second time) and writes dx once. The workspace adds 2 * C * chunks values.
 // Everything accumulates in acc_t<T> (fp32 for Half/BFloat16, double for
-// double). No vectorised loads: the strides are arbitrary.
+// double). No vectorised loads yet: a thread owns one channel, so
+// channels_last rows are read one element per thread.
 #ifndef CNNKERN_GPU_NS
 #define CNNKERN_GPU_NS cuda
 #endif
@@ -54,9 +65,13 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "cnnkern/batch_norm_launch.h"
 #include "cnnkern/gpu_types.h"
@@ -127,11 +142,14 @@ struct RowPos {
   int n, h, w;
 };
 
+// Once per thread and chunk; the 32-bit paths (M < 2^31) divide in 32 bits.
+template <typename Off>
 __device__ __forceinline__ RowPos row_pos(const Grid& g, int64_t m) {
-  const int64_t HW = static_cast<int64_t>(g.H) * g.W;
-  const int64_t n = m / HW, hw = m - n * HW;
-  const int64_t h = hw / g.W;
-  return {static_cast<int>(n), static_cast<int>(h), static_cast<int>(hw - h * g.W)};
+  using U = std::conditional_t<sizeof(Off) == 4, uint32_t, uint64_t>;
+  const U HW = static_cast<U>(g.H) * static_cast<U>(g.W), mm = static_cast<U>(m);
+  const U n = mm / HW, hw = mm - n * HW;
+  const U h = hw / static_cast<U>(g.W);
+  return {static_cast<int>(n), static_cast<int>(h), static_cast<int>(hw - h * static_cast<U>(g.W))};
 }
 
 // Next row of the same thread (tr rows further): add the increments with
@@ -146,8 +164,17 @@ __device__ __forceinline__ void advance(const Grid& g, RowPos& p) {
   p.n += g.step_n + carry_h;
 }
 
-__device__ __forceinline__ int64_t offset(const int64_t* stride, const RowPos& p) {
-  return p.n * stride[0] + p.h * stride[2] + p.w * stride[3];
+// Element strides of x, y (and dx) and dy, order n c h w, in the pass's
+// offset width: int32 whenever every offset of every tensor fits, so the
+// per-element address math is three 32-bit multiply-adds per tensor.
+template <typename Off>
+struct Strides {
+  Off x[4], y[4], dy[4];
+};
+
+template <typename Off>
+__device__ __forceinline__ Off offset(const Off* stride, const RowPos& p) {
+  return static_cast<Off>(p.n) * stride[0] + static_cast<Off>(p.h) * stride[2] + static_cast<Off>(p.w) * stride[3];
 }
 
 // This thread's channel (may be >= C in a partial tile), first row and number
@@ -158,6 +185,7 @@ struct ThreadRows {
   RowPos first;
 };
 
+template <typename Off>
 __device__ __forceinline__ ThreadRows thread_rows(const Grid& g, int64_t chunk) {
   const int t = static_cast<int>(threadIdx.x);
   const int lane_c = g.channel_fast ? t % g.tc : t / g.tr;
@@ -168,7 +196,7 @@ __device__ __forceinline__ ThreadRows thread_rows(const Grid& g, int64_t chunk) 
   const int64_t left = g.M - m0;
   const int len = static_cast<int>(left < g.chunk_len ? left : g.chunk_len);
   tr.rows = (tr.c < g.C && len > lane_r) ? (len - lane_r - 1) / g.tr + 1 : 0;
-  tr.first = tr.rows > 0 ? row_pos(g, m0 + lane_r) : RowPos{0, 0, 0};
+  tr.first = tr.rows > 0 ? row_pos<Off>(g, m0 + lane_r) : RowPos{0, 0, 0};
   return tr;
 }
 
@@ -283,13 +311,13 @@ __device__ __forceinline__ int tree_top(const Grid& g) {
 
 // Block (tile, chunk): per-channel (mean, M2) of the chunk's rows into
 // workspace[0][c][chunk] and workspace[1][c][chunk].
-template <typename T>
+template <typename T, typename Off>
 __global__ void __launch_bounds__(kThreads, kReduceBlocksPerSm<acc_t<T>>)
-    stats_partial_kernel(const Grid g, const BnShape s, const T* x, acc_t<T>* workspace) {
+    stats_partial_kernel(const Grid g, const Strides<Off> st, const T* x, acc_t<T>* workspace) {
   using Acc = acc_t<T>;
   for (int64_t chunk = blockIdx.y; chunk < g.chunks; chunk += gridDim.y) {
-    const ThreadRows tr = thread_rows(g, chunk);
-    const T* xc = x + (tr.rows > 0 ? tr.c * s.x_stride[1] : 0);
+    const ThreadRows tr = thread_rows<Off>(g, chunk);
+    const T* xc = x + (tr.rows > 0 ? static_cast<Off>(tr.c) * st.x[1] : Off(0));
     RowPos p = tr.first;
     Welford<Acc> state{0, Acc(0), Acc(0)};
     for (int i = 0; i < tr.rows; i += kUnroll) {
@@ -298,7 +326,7 @@ __global__ void __launch_bounds__(kThreads, kReduceBlocksPerSm<acc_t<T>>)
       CNNKERN_UNROLL
       for (int u = 0; u < kUnroll; ++u) {
         if (u < b) {
-          v[u] = to_acc(xc[offset(s.x_stride, p)]);
+          v[u] = to_acc(xc[offset(st.x, p)]);
           advance(g, p);
         }
       }
@@ -325,11 +353,28 @@ __global__ void __launch_bounds__(kThreads, kReduceBlocksPerSm<acc_t<T>>)
   }
 }
 
+// running = f·batch + (1 - f)·running in Acc, the buffer read and written in its own dtype.
+template <typename Acc>
+__device__ __forceinline__ void update_running(void* buffer, BnFloat type, int64_t at, Acc batch, Acc f) {
+  auto update = [&](auto* r) {
+    using R = std::remove_pointer_t<decltype(r)>;
+    r[at] = static_cast<R>(batch * f + static_cast<Acc>(r[at]) * (Acc(1) - f));
+  };
+  switch (type) {
+    case BnFloat::Float: update(static_cast<float*>(buffer)); break;
+    case BnFloat::Double: update(static_cast<double*>(buffer)); break;
+    case BnFloat::Half: update(static_cast<c10::Half*>(buffer)); break;
+    case BnFloat::BFloat16: update(static_cast<c10::BFloat16*>(buffer)); break;
+  }
+}
+
 // One warp per channel: merges the channel's chunk partials (lane-strided, then
-// a shuffle tree: a fixed order) and writes mean and biased var.
+// a shuffle tree: a fixed order), writes mean and biased var, and updates the
+// running statistics from them (the op no longer runs tensor ops for it).
 template <typename Acc>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
-    stats_finalize_kernel(const Grid g, const Acc* workspace, Acc* mean, Acc* var, Acc empty) {
+    stats_finalize_kernel(const Grid g, const Acc* workspace, Acc* mean, Acc* var, Acc empty,
+                          const BnRunning running) {
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int64_t c =
       static_cast<int64_t>(blockIdx.x) * kWarpsPerFinalizeBlock + static_cast<int>(threadIdx.x) / kWarpSize;
@@ -355,27 +400,37 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     if (lane + off < kWarpSize) join(nb, mb, m2b);
   }
   if (lane == 0) {
+    const Acc batch_var = m2 / static_cast<Acc>(n);
     mean[c] = n > 0 ? m : empty;
-    var[c] = n > 0 ? m2 / static_cast<Acc>(n) : empty;
+    var[c] = n > 0 ? batch_var : empty;
+    // The op checks M > 1 before training, so the unbiasing factor is finite.
+    if (n > 1 && (running.mean != nullptr || running.var != nullptr)) {
+      Acc f = static_cast<Acc>(running.momentum);
+      if (running.cumulative) f = running.count != nullptr ? Acc(1) / static_cast<Acc>(*running.count) : Acc(0);
+      if (running.mean != nullptr) update_running(running.mean, running.mean_type, c * running.mean_stride, m, f);
+      if (running.var != nullptr)
+        update_running(running.var, running.var_type, c * running.var_stride,
+                       batch_var * (static_cast<Acc>(n) / static_cast<Acc>(n - 1)), f);
+    }
   }
 }
 
 // ---- Apply ------------------------------------------------------------------------
 
-template <typename T>
+template <typename T, typename Off>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
-    apply_kernel(const Grid g, const BnShape s, const T* x, const acc_t<T>* mean, const acc_t<T>* var,
+    apply_kernel(const Grid g, const Strides<Off> st, const T* x, const acc_t<T>* mean, const acc_t<T>* var,
                  const acc_t<T>* weight, const acc_t<T>* bias, acc_t<T> eps, T* y) {
   using Acc = acc_t<T>;
   for (int64_t chunk = blockIdx.y; chunk < g.chunks; chunk += gridDim.y) {
-    const ThreadRows tr = thread_rows(g, chunk);
+    const ThreadRows tr = thread_rows<Off>(g, chunk);
     if (tr.rows == 0) continue;  // no barriers here
     const int64_t c = tr.c;
     const Acc mu = mean[c];
     const Acc scale = (weight ? weight[c] : Acc(1)) * inv_std(var[c], eps);
     const Acc shift = bias ? bias[c] : Acc(0);
-    const T* xc = x + c * s.x_stride[1];
-    T* yc = y + c * s.y_stride[1];
+    const T* xc = x + static_cast<Off>(c) * st.x[1];
+    T* yc = y + static_cast<Off>(c) * st.y[1];
     // Two walkers over the same rows: loads run kUnroll ahead of the stores
     // (cheaper in registers than keeping kUnroll positions).
     RowPos load = tr.first, store = tr.first;
@@ -385,7 +440,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
       CNNKERN_UNROLL
       for (int u = 0; u < kUnroll; ++u) {
         if (u < b) {
-          v[u] = to_acc(xc[offset(s.x_stride, load)]);
+          v[u] = to_acc(xc[offset(st.x, load)]);
           advance(g, load);
         }
       }
@@ -393,7 +448,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
       for (int u = 0; u < kUnroll; ++u) {
         if (u < b) {
           const Acc out = (v[u] - mu) * scale + shift;
-          yc[offset(s.y_stride, store)] = static_cast<T>(out > Acc(0) ? out : Acc(0));
+          yc[offset(st.y, store)] = static_cast<T>(out > Acc(0) ? out : Acc(0));
           advance(g, store);
         }
       }
@@ -405,20 +460,20 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
 
 // Block (tile, chunk): per-channel Σg and Σg·(x - mean) into workspace[0][c][chunk]
 // and workspace[1][c][chunk].
-template <typename T>
+template <typename T, typename Off>
 __global__ void __launch_bounds__(kThreads, kReduceBlocksPerSm<acc_t<T>>)
-    backward_partial_kernel(const Grid g, const BnShape s, const T* dy, const T* y, const T* x,
+    backward_partial_kernel(const Grid g, const Strides<Off> st, const T* dy, const T* y, const T* x,
                             const acc_t<T>* mean, acc_t<T>* workspace) {
   using Acc = acc_t<T>;
   for (int64_t chunk = blockIdx.y; chunk < g.chunks; chunk += gridDim.y) {
-    const ThreadRows tr = thread_rows(g, chunk);
+    const ThreadRows tr = thread_rows<Off>(g, chunk);
     Acc sum_g = Acc(0), sum_gx = Acc(0);
     if (tr.rows > 0) {
       const int64_t c = tr.c;
       const Acc mu = mean[c];
-      const T* dyc = dy + c * s.dy_stride[1];
-      const T* yc = y + c * s.y_stride[1];
-      const T* xc = x + c * s.x_stride[1];
+      const T* dyc = dy + static_cast<Off>(c) * st.dy[1];
+      const T* yc = y + static_cast<Off>(c) * st.y[1];
+      const T* xc = x + static_cast<Off>(c) * st.x[1];
       RowPos p = tr.first;
       for (int i = 0; i < tr.rows; i += kUnroll) {
         const int b = tr.rows - i < kUnroll ? tr.rows - i : kUnroll;
@@ -426,10 +481,10 @@ __global__ void __launch_bounds__(kThreads, kReduceBlocksPerSm<acc_t<T>>)
         CNNKERN_UNROLL
         for (int u = 0; u < kUnroll; ++u) {
           if (u < b) {
-            const Acc out = to_acc(yc[offset(s.y_stride, p)]);
-            const Acc grad = to_acc(dyc[offset(s.dy_stride, p)]);  // unconditional: see backward_dx_kernel
+            const Acc out = to_acc(yc[offset(st.y, p)]);
+            const Acc grad = to_acc(dyc[offset(st.dy, p)]);  // unconditional: see backward_dx_kernel
             gv[u] = out > Acc(0) ? grad : Acc(0);
-            xv[u] = to_acc(xc[offset(s.x_stride, p)]);
+            xv[u] = to_acc(xc[offset(st.x, p)]);
             advance(g, p);
           }
         }
@@ -479,14 +534,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
 
 // dx = weight·invstd·(g - Σg/M - xhat·Σ(g·xhat)/M)  (training),  weight·invstd·g  (eval).
 // Eval (kTraining false) does not read x.
-template <typename T, bool kTraining>
+template <typename T, bool kTraining, typename Off>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
-    backward_dx_kernel(const Grid g, const BnShape s, const T* dy, const T* y, const T* x,
+    backward_dx_kernel(const Grid g, const Strides<Off> st, const T* dy, const T* y, const T* x,
                        const acc_t<T>* mean, const acc_t<T>* var, const acc_t<T>* weight, acc_t<T> eps,
                        const acc_t<T>* grad_weight, const acc_t<T>* grad_bias, T* dx) {
   using Acc = acc_t<T>;
   for (int64_t chunk = blockIdx.y; chunk < g.chunks; chunk += gridDim.y) {
-    const ThreadRows tr = thread_rows(g, chunk);
+    const ThreadRows tr = thread_rows<Off>(g, chunk);
     if (tr.rows == 0) continue;  // no barriers here
     const int64_t c = tr.c;
     const Acc invstd = inv_std(var[c], eps);
@@ -496,10 +551,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     // training: dx = scale·(g - mean_g - (x - mu)·k), k = invstd² · Σg(x-mu)/M
     const Acc mean_g = kTraining ? grad_bias[c] * inv_m : Acc(0);
     const Acc k = kTraining ? grad_weight[c] * invstd * inv_m : Acc(0);
-    const T* dyc = dy + c * s.dy_stride[1];
-    const T* yc = y + c * s.y_stride[1];
-    const T* xc = x + c * s.x_stride[1];
-    T* dxc = dx + c * s.y_stride[1];
+    const T* dyc = dy + static_cast<Off>(c) * st.dy[1];
+    const T* yc = y + static_cast<Off>(c) * st.y[1];
+    const T* xc = x + static_cast<Off>(c) * st.x[1];
+    T* dxc = dx + static_cast<Off>(c) * st.y[1];
     RowPos load = tr.first, store = tr.first;  // as in apply_kernel
     for (int i = 0; i < tr.rows; i += kUnroll) {
       const int b = tr.rows - i < kUnroll ? tr.rows - i : kUnroll;
@@ -509,10 +564,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
         if (u < b) {
           // dy is read whatever y is: both loads issue at once, and the DRAM
           // sectors are fetched anyway unless whole runs of y are zero.
-          const Acc out = to_acc(yc[offset(s.y_stride, load)]);
-          const Acc grad = to_acc(dyc[offset(s.dy_stride, load)]);
+          const Acc out = to_acc(yc[offset(st.y, load)]);
+          const Acc grad = to_acc(dyc[offset(st.dy, load)]);
           gv[u] = out > Acc(0) ? grad : Acc(0);
-          xv[u] = kTraining ? to_acc(xc[offset(s.x_stride, load)]) : mu;
+          xv[u] = kTraining ? to_acc(xc[offset(st.x, load)]) : mu;
           advance(g, load);
         }
       }
@@ -520,7 +575,158 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
       for (int u = 0; u < kUnroll; ++u) {
         if (u < b) {
           const Acc d = gv[u] - mean_g - (xv[u] - mu) * k;
-          dxc[offset(s.y_stride, store)] = static_cast<T>(scale * d);
+          dxc[offset(st.y, store)] = static_cast<T>(scale * d);
+          advance(g, store);
+        }
+      }
+    }
+  }
+}
+
+// ---- Vectorised elementwise passes (channels_last) ------------------------------
+
+// kVec<T> consecutive channels: the unit of a vectorised pass. 16 bytes for
+// float and double; 4 channels (8 bytes) for Half/BFloat16, because 8 would
+// need 8 x 4 per-channel parameters in the backward and spill.
+template <typename T>
+constexpr int kVec = sizeof(T) >= 4 ? 16 / static_cast<int>(sizeof(T)) : 4;
+template <typename T>
+constexpr int kVecBytes = kVec<T> * static_cast<int>(sizeof(T));
+
+template <typename T>
+struct alignas(kVecBytes<T>) Vec16 {
+  T v[kVec<T>];
+};
+
+// One vector load or store (LDG.128 / LDG.64); the emulation copies bytes,
+// so it does not alias T through another type.
+template <typename T>
+__device__ __forceinline__ Vec16<T> load16(const T* p) {
+#if defined(__CUDA_ARCH__)
+  return *reinterpret_cast<const Vec16<T>*>(p);
+#else
+  Vec16<T> r;
+  std::memcpy(&r, p, sizeof r);
+  return r;
+#endif
+}
+template <typename T>
+__device__ __forceinline__ void store16(T* p, const Vec16<T>& v) {
+#if defined(__CUDA_ARCH__)
+  *reinterpret_cast<Vec16<T>*>(p) = v;
+#else
+  std::memcpy(p, &v, sizeof v);
+#endif
+}
+
+// The vectorised passes run on the grid of C / kVec "vector channels": a
+// thread owns kVec consecutive channels of its rows, so a warp reads 256 or
+// 512 contiguous bytes per row in one instruction instead of 32 elements.
+// Launched only with 32-bit offsets, unit channel strides, every row stride a
+// multiple of kVec and pointers aligned to the vector (vector_width), so
+// every access is aligned.
+// Rows per step: kUnroll for apply; backward_dx holds three vectors per row
+// and four parameters per channel, so it takes kUnroll / 2 (no spills).
+template <typename T>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    apply_vec_kernel(const Grid g, const Strides<int32_t> st, const T* x, const acc_t<T>* mean,
+                     const acc_t<T>* var, const acc_t<T>* weight, const acc_t<T>* bias, acc_t<T> eps, T* y) {
+  using Acc = acc_t<T>;
+  using Off = int32_t;
+  constexpr int V = kVec<T>;
+  for (int64_t chunk = blockIdx.y; chunk < g.chunks; chunk += gridDim.y) {
+    const ThreadRows tr = thread_rows<Off>(g, chunk);
+    if (tr.rows == 0) continue;  // no barriers here
+    const int64_t c0 = tr.c * V;
+    Acc mu[V], scale[V], shift[V];
+    CNNKERN_UNROLL
+    for (int j = 0; j < V; ++j) {
+      mu[j] = mean[c0 + j];
+      scale[j] = (weight ? weight[c0 + j] : Acc(1)) * inv_std(var[c0 + j], eps);
+      shift[j] = bias ? bias[c0 + j] : Acc(0);
+    }
+    const T* xc = x + c0;
+    T* yc = y + c0;
+    RowPos load = tr.first, store = tr.first;
+    for (int i = 0; i < tr.rows; i += kUnroll) {
+      const int b = tr.rows - i < kUnroll ? tr.rows - i : kUnroll;
+      Vec16<T> v[kUnroll];
+      CNNKERN_UNROLL
+      for (int u = 0; u < kUnroll; ++u) {
+        if (u < b) {
+          v[u] = load16(xc + offset(st.x, load));
+          advance(g, load);
+        }
+      }
+      CNNKERN_UNROLL
+      for (int u = 0; u < kUnroll; ++u) {
+        if (u < b) {
+          Vec16<T> out;
+          CNNKERN_UNROLL
+          for (int j = 0; j < V; ++j) {
+            const Acc o = (to_acc(v[u].v[j]) - mu[j]) * scale[j] + shift[j];
+            out.v[j] = static_cast<T>(o > Acc(0) ? o : Acc(0));
+          }
+          store16(yc + offset(st.y, store), out);
+          advance(g, store);
+        }
+      }
+    }
+  }
+}
+
+template <typename T, bool kTraining>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    backward_dx_vec_kernel(const Grid g, const Strides<int32_t> st, const T* dy, const T* y, const T* x,
+                           const acc_t<T>* mean, const acc_t<T>* var, const acc_t<T>* weight, acc_t<T> eps,
+                           const acc_t<T>* grad_weight, const acc_t<T>* grad_bias, T* dx) {
+  using Acc = acc_t<T>;
+  using Off = int32_t;
+  constexpr int V = kVec<T>;
+  constexpr int U = kUnroll / 2;
+  for (int64_t chunk = blockIdx.y; chunk < g.chunks; chunk += gridDim.y) {
+    const ThreadRows tr = thread_rows<Off>(g, chunk);
+    if (tr.rows == 0) continue;  // no barriers here
+    const int64_t c0 = tr.c * V;
+    const Acc inv_m = Acc(1) / static_cast<Acc>(g.M);
+    // dx = scale·(g - mean_g - (x - mu)·k), as backward_dx_kernel
+    Acc scale[V], mu[V], mean_g[V], k[V];
+    CNNKERN_UNROLL
+    for (int j = 0; j < V; ++j) {
+      const Acc invstd = inv_std(var[c0 + j], eps);
+      scale[j] = (weight ? weight[c0 + j] : Acc(1)) * invstd;
+      mu[j] = mean[c0 + j];
+      mean_g[j] = kTraining ? grad_bias[c0 + j] * inv_m : Acc(0);
+      k[j] = kTraining ? grad_weight[c0 + j] * invstd * inv_m : Acc(0);
+    }
+    const T* dyc = dy + c0;
+    const T* yc = y + c0;
+    const T* xc = x + c0;
+    T* dxc = dx + c0;
+    RowPos load = tr.first, store = tr.first;
+    for (int i = 0; i < tr.rows; i += U) {
+      const int b = tr.rows - i < U ? tr.rows - i : U;
+      Vec16<T> yv[U], gv[U], xv[U];
+      CNNKERN_UNROLL
+      for (int u = 0; u < U; ++u) {
+        if (u < b) {
+          yv[u] = load16(yc + offset(st.y, load));
+          gv[u] = load16(dyc + offset(st.dy, load));
+          if (kTraining) xv[u] = load16(xc + offset(st.x, load));
+          advance(g, load);
+        }
+      }
+      CNNKERN_UNROLL
+      for (int u = 0; u < U; ++u) {
+        if (u < b) {
+          Vec16<T> out;
+          CNNKERN_UNROLL
+          for (int j = 0; j < V; ++j) {
+            const Acc grad = to_acc(yv[u].v[j]) > Acc(0) ? to_acc(gv[u].v[j]) : Acc(0);
+            const Acc xj = kTraining ? to_acc(xv[u].v[j]) : mu[j];
+            out.v[j] = static_cast<T>(scale[j] * (grad - mean_g[j] - (xj - mu[j]) * k[j]));
+          }
+          store16(dxc + offset(st.y, store), out);
           advance(g, store);
         }
       }
@@ -627,6 +833,154 @@ int64_t workspace_elements(const BnShape& s) {
   return 2 * g.C * g.chunks;
 }
 
+// The passes walk with 32-bit offsets when every offset of x, y/dx and dy
+// fits (a build may lower the element limit: the emulation tests set 0 to
+// send everything through the 64-bit path, and the emulation reads
+// CNNKERN_EMU_INDEX64=1 at each launch so that the Python tests run both).
+#ifndef CNNKERN_BN_MAX_ELEMENTS32
+#define CNNKERN_BN_MAX_ELEMENTS32 INT32_MAX
+#endif
+constexpr int64_t kMaxElements32 = CNNKERN_BN_MAX_ELEMENTS32;
+
+bool offsets_fit_32_bits(const BnShape& s) {
+#if defined(CNNKERN_EMU)
+  const char* wide = std::getenv("CNNKERN_EMU_INDEX64");
+  if (wide != nullptr && wide[0] == '1') return false;
+#endif
+  if (s.N * s.C * s.H * s.W > kMaxElements32) return false;
+  const int64_t extent[4] = {s.N, s.C, s.H, s.W};
+  for (const int64_t* stride : {s.x_stride, s.y_stride, s.dy_stride}) {
+    int64_t span = 0;
+    for (int d = 0; d < 4; ++d) span += (extent[d] - 1) * (stride[d] < 0 ? -stride[d] : stride[d]);
+    if (span >= INT32_MAX) return false;
+  }
+  return true;
+}
+
+template <typename Off>
+Strides<Off> strides_of(const BnShape& s) {
+  Strides<Off> st{};
+  for (int d = 0; d < 4; ++d) {
+    st.x[d] = static_cast<Off>(s.x_stride[d]);
+    st.y[d] = static_cast<Off>(s.y_stride[d]);
+    st.dy[d] = static_cast<Off>(s.dy_stride[d]);
+  }
+  return st;
+}
+
+// Calls go(Off{}) with the offset width the shape allows; both are compiled.
+template <typename Go>
+void with_offsets(const BnShape& s, Go go) {
+  if (offsets_fit_32_bits(s))
+    go(int32_t{});
+  else
+    go(int64_t{});
+}
+
+BnRunning no_running_update() { return BnRunning{}; }
+
+// kVec<T> when an elementwise pass over these tensors can run vectorised (see
+// apply_vec_kernel), else 1. `with_dy`: the backward also reads dy.
+template <typename T>
+int vector_width(const BnShape& s, bool with_dy, std::initializer_list<const void*> pointers) {
+  constexpr int V = kVec<T>;
+  if (s.C % V != 0 || !offsets_fit_32_bits(s)) return 1;
+  const int64_t extent[4] = {s.N, s.C, s.H, s.W};
+  for (const int64_t* stride : {s.x_stride, s.y_stride, with_dy ? s.dy_stride : s.x_stride}) {
+    if (stride[1] != 1) return 1;
+    for (int d : {0, 2, 3})
+      if (extent[d] > 1 && stride[d] % V != 0) return 1;
+  }
+  for (const void* p : pointers)
+    if (p != nullptr && reinterpret_cast<std::uintptr_t>(p) % kVecBytes<T> != 0) return 1;
+  return V;
+}
+
+// The grid of the vector channels (C / V of them; strides stay in elements:
+// only the channel count and lanes change).
+Grid vector_plan(const BnShape& s, int V) {
+  BnShape sv = s;
+  sv.C = s.C / V;
+  return elementwise_plan(sv);
+}
+
+// The launchers, in this namespace so that their lambdas (capturing a Grid) do
+// too; the public entry points below forward to them.
+
+template <typename T>
+void stats_impl(const BnShape& s, const T* x, acc_t<T>* mean, acc_t<T>* var, acc_t<T>* workspace,
+                const BnRunning& running, gpu_stream_t stream) {
+  using Acc = acc_t<T>;
+  const Grid g = reduce_plan<T>(s);
+  if (g.C == 0) return;
+  if (g.chunks > 0)
+    with_offsets(s, [&](auto off) {
+      using Off = decltype(off);
+      launch_kernel(stats_partial_kernel<T, Off>, block_grid(g), dim3(kThreads), 0, stream, g, strides_of<Off>(s),
+                    x, workspace);
+    });
+  // No rows: the statistics are undefined (NaN), as torch reports them, and
+  // the running statistics stay as they are.
+  launch_kernel(stats_finalize_kernel<Acc>, finalize_grid(g), dim3(kThreads), 0, stream, g,
+                static_cast<const Acc*>(workspace), mean, var, std::numeric_limits<Acc>::quiet_NaN(),
+                g.chunks > 0 ? running : no_running_update());
+}
+
+template <typename T>
+void apply_impl(const BnShape& s, const T* x, const acc_t<T>* mean, const acc_t<T>* var, const acc_t<T>* weight,
+                const acc_t<T>* bias, double eps, T* y, gpu_stream_t stream) {
+  using Acc = acc_t<T>;
+  if (s.C == 0 || s.N * s.H * s.W == 0) return;
+  if (const int V = vector_width<T>(s, false, {x, y}); V > 1) {
+    const Grid gv = vector_plan(s, V);
+    launch_kernel(apply_vec_kernel<T>, block_grid(gv), dim3(kThreads), 0, stream, gv, strides_of<int32_t>(s), x,
+                  mean, var, weight, bias, static_cast<Acc>(eps), y);
+    return;
+  }
+  const Grid g = elementwise_plan(s);
+  if (g.chunks == 0) return;
+  with_offsets(s, [&](auto off) {
+    using Off = decltype(off);
+    launch_kernel(apply_kernel<T, Off>, block_grid(g), dim3(kThreads), 0, stream, g, strides_of<Off>(s), x, mean,
+                  var, weight, bias, static_cast<Acc>(eps), y);
+  });
+}
+
+template <typename T>
+void backward_impl(const BnShape& s, const T* dy, const T* y, const T* x, const acc_t<T>* mean,
+                   const acc_t<T>* var, const acc_t<T>* weight, double eps, bool training, T* dx,
+                   acc_t<T>* grad_weight, acc_t<T>* grad_bias, acc_t<T>* workspace, gpu_stream_t stream) {
+  using Acc = acc_t<T>;
+  const Grid g = reduce_plan<T>(s);
+  if (g.C == 0) return;
+  const Acc e = static_cast<Acc>(eps);
+  if (g.chunks > 0)
+    with_offsets(s, [&](auto off) {
+      using Off = decltype(off);
+      launch_kernel(backward_partial_kernel<T, Off>, block_grid(g), dim3(kThreads), 0, stream, g,
+                    strides_of<Off>(s), dy, y, x, mean, workspace);
+    });
+  // With no rows the gradients are zero sums.
+  launch_kernel(backward_finalize_kernel<Acc>, finalize_grid(g), dim3(kThreads), 0, stream, g,
+                static_cast<const Acc*>(workspace), var, e, grad_weight, grad_bias);
+  if (s.N * s.H * s.W == 0) return;
+  if (const int V = vector_width<T>(s, true, {dy, y, x, dx}); V > 1) {
+    const Grid gv = vector_plan(s, V);
+    launch_kernel(training ? backward_dx_vec_kernel<T, true> : backward_dx_vec_kernel<T, false>, block_grid(gv),
+                  dim3(kThreads), 0, stream, gv, strides_of<int32_t>(s), dy, y, x, mean, var, weight, e,
+                  static_cast<const Acc*>(grad_weight), static_cast<const Acc*>(grad_bias), dx);
+    return;
+  }
+  const Grid ge = elementwise_plan(s);
+  if (ge.chunks == 0) return;
+  with_offsets(s, [&](auto off) {
+    using Off = decltype(off);
+    launch_kernel(training ? backward_dx_kernel<T, true, Off> : backward_dx_kernel<T, false, Off>, block_grid(ge),
+                  dim3(kThreads), 0, stream, ge, strides_of<Off>(s), dy, y, x, mean, var, weight, e,
+                  static_cast<const Acc*>(grad_weight), static_cast<const Acc*>(grad_bias), dx);
+  });
+}
+
 }  // namespace
 
 int64_t batch_norm_stats_workspace(const BnShape& s) { return workspace_elements(s); }
@@ -635,25 +989,14 @@ int64_t batch_norm_backward_workspace(const BnShape& s) { return workspace_eleme
 
 template <typename T>
 void batch_norm_stats(const BnShape& s, const T* x, acc_t<T>* mean, acc_t<T>* var, acc_t<T>* workspace,
-                      gpu_stream_t stream) {
-  using Acc = acc_t<T>;
-  const Grid g = reduce_plan<T>(s);
-  if (g.C == 0) return;
-  if (g.chunks > 0)
-    launch_kernel(stats_partial_kernel<T>, block_grid(g), dim3(kThreads), 0, stream, g, s, x, workspace);
-  // No rows: the statistics are undefined (NaN), as torch reports them.
-  launch_kernel(stats_finalize_kernel<Acc>, finalize_grid(g), dim3(kThreads), 0, stream, g,
-                static_cast<const Acc*>(workspace), mean, var, std::numeric_limits<Acc>::quiet_NaN());
+                      const BnRunning& running, gpu_stream_t stream) {
+  stats_impl<T>(s, x, mean, var, workspace, running, stream);
 }
 
 template <typename T>
 void batch_norm_relu_apply(const BnShape& s, const T* x, const acc_t<T>* mean, const acc_t<T>* var,
                            const acc_t<T>* weight, const acc_t<T>* bias, double eps, T* y, gpu_stream_t stream) {
-  using Acc = acc_t<T>;
-  const Grid g = elementwise_plan(s);
-  if (g.chunks == 0) return;
-  launch_kernel(apply_kernel<T>, block_grid(g), dim3(kThreads), 0, stream, g, s, x, mean, var, weight, bias,
-                static_cast<Acc>(eps), y);
+  apply_impl<T>(s, x, mean, var, weight, bias, eps, y, stream);
 }
 
 template <typename T>
@@ -661,25 +1004,12 @@ void batch_norm_relu_backward(const BnShape& s, const T* dy, const T* y, const T
                               const acc_t<T>* var, const acc_t<T>* weight, double eps, bool training, T* dx,
                               acc_t<T>* grad_weight, acc_t<T>* grad_bias, acc_t<T>* workspace,
                               gpu_stream_t stream) {
-  using Acc = acc_t<T>;
-  const Grid g = reduce_plan<T>(s);
-  if (g.C == 0) return;
-  const Acc e = static_cast<Acc>(eps);
-  if (g.chunks > 0)
-    launch_kernel(backward_partial_kernel<T>, block_grid(g), dim3(kThreads), 0, stream, g, s, dy, y, x, mean,
-                  workspace);
-  // With no rows the gradients are zero sums.
-  launch_kernel(backward_finalize_kernel<Acc>, finalize_grid(g), dim3(kThreads), 0, stream, g,
-                static_cast<const Acc*>(workspace), var, e, grad_weight, grad_bias);
-  const Grid ge = elementwise_plan(s);
-  if (ge.chunks == 0) return;
-  launch_kernel(training ? backward_dx_kernel<T, true> : backward_dx_kernel<T, false>, block_grid(ge),
-                dim3(kThreads), 0, stream, ge, s, dy, y, x, mean, var, weight, e,
-                static_cast<const Acc*>(grad_weight), static_cast<const Acc*>(grad_bias), dx);
+  backward_impl<T>(s, dy, y, x, mean, var, weight, eps, training, dx, grad_weight, grad_bias, workspace, stream);
 }
 
 #define CNNKERN_INSTANTIATE_BATCH_NORM(T)                                                                     \
-  template void batch_norm_stats<T>(const BnShape&, const T*, acc_t<T>*, acc_t<T>*, acc_t<T>*, gpu_stream_t); \
+  template void batch_norm_stats<T>(const BnShape&, const T*, acc_t<T>*, acc_t<T>*, acc_t<T>*,               \
+                                    const BnRunning&, gpu_stream_t);                                          \
   template void batch_norm_relu_apply<T>(const BnShape&, const T*, const acc_t<T>*, const acc_t<T>*,          \
                                          const acc_t<T>*, const acc_t<T>*, double, T*, gpu_stream_t);         \
   template void batch_norm_relu_backward<T>(const BnShape&, const T*, const T*, const T*, const acc_t<T>*,    \

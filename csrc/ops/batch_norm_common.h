@@ -55,21 +55,23 @@ inline std::pair<at::Tensor, at::Tensor> running_statistics(const std::optional<
 // the buffers' own dtype (a bf16 module keeps bf16 buffers). An empty batch
 // bumps the counter and leaves the statistics, as torch's batch_norm does.
 
-// The update itself, for a scalar (CPU loop) or a tensor (GPU wrappers, at:: ops).
+// The update itself, in the accumulator type (the CPU loop below; the GPU
+// statistics finalize writes the same expression).
 template <typename T, typename F>
 T momentum_update(const T& running, const T& batch, const F& factor) {
   return batch * factor + running * (1 - factor);
 }
 
 struct RunningUpdate {
-  bool mean = false, var = false;          // which buffers to update
-  double factor = 0;                       // f, when known on the host
-  std::optional<at::Tensor> factor_tensor;  // f = 1 / num_batches_tracked on its device (no host sync)
-  double unbias = 1;                       // M / (M - 1)
+  bool mean = false, var = false;  // which buffers to update
+  double factor = 0;               // f, when known on the host
+  bool cumulative = false;         // f = 1 / num_batches_tracked (after the bump); on the host when it is a CPU tensor
+  double unbias = 1;               // M / (M - 1)
 };
 
 // Checks the buffers, bumps the counter and decides the update; call before the
-// kernels (the CPU backend reads the bumped counter on the host).
+// kernels (the CPU backend reads the bumped counter on the host, the GPU
+// statistics kernel reads it on the device: no host sync).
 inline RunningUpdate start_running_update(const at::Tensor& input, const std::optional<at::Tensor>& running_mean,
                                           const std::optional<at::Tensor>& running_var,
                                           const std::optional<at::Tensor>& num_batches_tracked, bool training,
@@ -99,24 +101,11 @@ inline RunningUpdate start_running_update(const at::Tensor& input, const std::op
   if (momentum.has_value()) {
     u.factor = *momentum;
   } else if (num_batches_tracked.has_value() && (u.mean || u.var)) {
+    u.cumulative = true;
     if (num_batches_tracked->device().is_cpu())
       u.factor = 1.0 / static_cast<double>(num_batches_tracked->item<int64_t>());
-    else
-      u.factor_tensor = num_batches_tracked->to(acc_dtype(input.scalar_type())).reciprocal();
   }
   return u;
-}
-
-// GPU wrappers: the update as at:: ops on the device (batch_mean / batch_var: the op's biased statistics).
-inline void finish_running_update(const RunningUpdate& u, const std::optional<at::Tensor>& running_mean,
-                                  const std::optional<at::Tensor>& running_var, const at::Tensor& batch_mean,
-                                  const at::Tensor& batch_var) {
-  auto update = [&](const at::Tensor& running, const at::Tensor& batch) {
-    const at::Tensor r = running.to(batch.scalar_type());
-    running.copy_(u.factor_tensor ? momentum_update(r, batch, *u.factor_tensor) : momentum_update(r, batch, u.factor));
-  };
-  if (u.mean) update(*running_mean, batch_mean);
-  if (u.var) update(*running_var, batch_var * u.unbias);
 }
 
 // CPU: the update as a loop over the channels, in the accumulator type A.

@@ -20,8 +20,35 @@ const A* ptr_or_null(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->const_data_ptr<A>() : nullptr;
 }
 
-// Training also updates the running statistics, for now with at:: ops after
-// the kernels (batch_norm_common.h).
+// The running statistics as the statistics finalize updates them (null
+// buffers: no update). The counter is read on the device when it is int64;
+// another dtype is read here once (a host sync; nn.BatchNorm2d's is int64).
+inline BnRunning running_update_args(const RunningUpdate& u, const std::optional<at::Tensor>& running_mean,
+                                     const std::optional<at::Tensor>& running_var,
+                                     const std::optional<at::Tensor>& num_batches_tracked) {
+  auto type_of = [](const at::Tensor& t) {
+    switch (t.scalar_type()) {
+      case at::kDouble: return BnFloat::Double;
+      case at::kHalf: return BnFloat::Half;
+      case at::kBFloat16: return BnFloat::BFloat16;
+      case at::kFloat: return BnFloat::Float;
+      default: TORCH_CHECK(false, "cnnkern batch_norm_relu: running statistics of dtype ", t.scalar_type());
+    }
+  };
+  BnRunning r;
+  if (u.mean) r.mean = running_mean->data_ptr(), r.mean_type = type_of(*running_mean), r.mean_stride = running_mean->stride(0);
+  if (u.var) r.var = running_var->data_ptr(), r.var_type = type_of(*running_var), r.var_stride = running_var->stride(0);
+  r.momentum = u.factor;
+  if (u.cumulative) {
+    if (num_batches_tracked->scalar_type() == at::kLong)
+      r.cumulative = true, r.count = num_batches_tracked->const_data_ptr<int64_t>();
+    else
+      r.momentum = 1.0 / num_batches_tracked->item<double>();
+  }
+  return r;
+}
+
+// Training also updates the running statistics, inside the statistics kernels.
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_op(
     const at::Tensor& input, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
     const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
@@ -53,13 +80,14 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_op(
     if (training) {
       at::Tensor workspace = at::empty({batch_norm_stats_workspace(s)}, input.options().dtype(acc));
       batch_norm_stats<scalar_t>(s, input.const_data_ptr<scalar_t>(), mean.data_ptr<A>(), var.data_ptr<A>(),
-                                 workspace.data_ptr<A>(), current_stream(input));
+                                 workspace.data_ptr<A>(),
+                                 running_update_args(update, running_mean, running_var, num_batches_tracked),
+                                 current_stream(input));
     }
     batch_norm_relu_apply<scalar_t>(s, input.const_data_ptr<scalar_t>(), mean.const_data_ptr<A>(),
                                     var.const_data_ptr<A>(), ptr_or_null<A>(w), ptr_or_null<A>(b), eps,
                                     y.data_ptr<scalar_t>(), current_stream(input));
   });
-  finish_running_update(update, running_mean, running_var, mean, var);
   return {y, mean, var};
 }
 

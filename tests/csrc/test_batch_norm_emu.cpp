@@ -256,11 +256,11 @@ void run_case(const Case& c, uint32_t seed) {
     Check k;
     const auto t0 = std::chrono::steady_clock::now();
     Guarded<A> ws(ws_stats);
-    kern::batch_norm_stats<T>(s, x.data.data(), mean.ptr(), var.ptr(), ws.ptr(), nullptr);
+    kern::batch_norm_stats<T>(s, x.data.data(), mean.ptr(), var.ptr(), ws.ptr(), cnnkern::BnRunning{}, nullptr);
     const double ms = ms_since(t0);
     if (std::is_same_v<T, float> && c.many_chunks) {
       Guarded<A> mean2(c.C), var2(c.C), ws2(ws_stats);
-      kern::batch_norm_stats<T>(s, x.data.data(), mean2.ptr(), var2.ptr(), ws2.ptr(), nullptr);
+      kern::batch_norm_stats<T>(s, x.data.data(), mean2.ptr(), var2.ptr(), ws2.ptr(), cnnkern::BnRunning{}, nullptr);
       k.require(same_bits(mean.data, mean2.data) && same_bits(var.data, var2.data), "NOT DETERMINISTIC");
     }
     k.require(mean.guard_untouched() && var.guard_untouched() && ws.guard_untouched(), "WROTE PAST A VECTOR");
@@ -292,6 +292,45 @@ void run_case(const Case& c, uint32_t seed) {
     const long long chunks = ws_stats / (2 * c.C);
     std::snprintf(label, sizeof label, "stats %lld chunk%s", chunks, chunks == 1 ? "" : "s");
     report(label, type_name<T>(), c, k, ms);
+  }
+
+  // ---- the running-statistics update inside the statistics finalize ----
+  // mean: momentum 0.25 into a double buffer at stride 2; var: cumulative
+  // (1 / count, count 4) into a float buffer at stride 3. The gaps must stay.
+  {
+    Check k;
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<double> rm(2 * c.C, std::numeric_limits<double>::quiet_NaN());
+    std::vector<float> rv(3 * c.C, std::numeric_limits<float>::quiet_NaN());
+    for (int64_t ch = 0; ch < c.C; ++ch) {
+      rm[2 * ch] = static_cast<double>(run_mean[ch]);
+      rv[3 * ch] = static_cast<float>(run_var[ch]);
+    }
+    const int64_t count = 4;
+    cnnkern::BnRunning r;
+    r.mean = rm.data();
+    r.mean_type = cnnkern::BnFloat::Double;
+    r.mean_stride = 2;
+    r.momentum = 0.25;
+    Guarded<A> mean2(c.C), var2(c.C), ws(ws_stats);
+    kern::batch_norm_stats<T>(s, x.data.data(), mean2.ptr(), var2.ptr(), ws.ptr(), r, nullptr);
+    r = cnnkern::BnRunning{};
+    r.var = rv.data();
+    r.var_type = cnnkern::BnFloat::Float;
+    r.var_stride = 3;
+    r.cumulative = true;
+    r.count = &count;
+    kern::batch_norm_stats<T>(s, x.data.data(), mean2.ptr(), var2.ptr(), ws.ptr(), r, nullptr);
+    const double unbias = static_cast<double>(M) / static_cast<double>(M - 1);
+    for (int64_t ch = 0; ch < c.C; ++ch) {
+      const double want_m = 0.25 * mean2.data[ch] + 0.75 * static_cast<double>(run_mean[ch]);
+      const double want_v = 0.25 * var2.data[ch] * unbias + 0.75 * static_cast<double>(static_cast<float>(run_var[ch]));
+      k.value("running_mean", ch, rm[2 * ch], want_m, 1e-5 * (std::fabs(want_m) + 1));
+      k.value("running_var", ch, rv[3 * ch], want_v, 1e-5 * (std::fabs(want_v) + 1));
+      k.require(std::isnan(rm[2 * ch + 1]) && std::isnan(rv[3 * ch + 1]) && std::isnan(rv[3 * ch + 2]),
+                "WROTE INTO A RUNNING BUFFER'S GAP");
+    }
+    report("running update", type_name<T>(), c, k, ms_since(t0));
   }
 
   for (const bool training : {true, false}) {

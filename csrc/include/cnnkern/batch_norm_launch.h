@@ -21,15 +21,33 @@ struct BnShape {
   int64_t dy_stride[4];  // output gradient
 };
 
+// The running statistics a training forward updates, inside the statistics
+// finalize (nn.BatchNorm2d's rule, as batch_norm_common.h states it):
+// running = f·batch + (1 - f)·running, the variance unbiased by M / (M - 1),
+// computed in acc_t<T> and stored in each buffer's own dtype at its stride.
+// f is `momentum`, or for momentum=None (cumulative) 1 / *count, the counter
+// the op has already bumped (0 without a counter). Null buffers are left alone.
+enum class BnFloat : int { Float, Double, Half, BFloat16 };
+struct BnRunning {
+  void* mean = nullptr;
+  void* var = nullptr;
+  BnFloat mean_type = BnFloat::Float, var_type = BnFloat::Float;
+  int64_t mean_stride = 1, var_stride = 1;
+  double momentum = 0;
+  bool cumulative = false;
+  const int64_t* count = nullptr;  // num_batches_tracked, read on the device when cumulative
+};
+
 namespace CNNKERN_GPU_NS {
 
 // Batch statistics: mean[c] and biased var[c] over N·H·W, in acc_t<T>. The
 // reduction is split over many blocks (chunks of N·H·W per channel) whose
 // partial (count, mean, M2) are merged with Chan's formula in a finalize
 // kernel; workspace holds those partials (see batch_norm_stats_workspace).
+// The finalize also updates `running` (a default BnRunning updates nothing).
 template <typename T>
 void batch_norm_stats(const BnShape& s, const T* x, acc_t<T>* mean, acc_t<T>* var, acc_t<T>* workspace,
-                      gpu_stream_t stream);
+                      const BnRunning& running, gpu_stream_t stream);
 // Elements of acc_t<T> the stats workspace needs.
 int64_t batch_norm_stats_workspace(const BnShape& s);
 
