@@ -49,10 +49,29 @@ TF32_TOLERANCE = dict(atol=2e-3, rtol=2e-3)
 
 
 def tolerance(dtype, backend, device):
-    if (dtype == torch.float32 and device == "cuda" and backend == "triton"
-            and torch.backends.cudnn.allow_tf32):
+    """The cuda backend (and cuda_emu) and the triton backend on a GPU take fp32 convs through TF32
+    when torch.backends.cudnn.allow_tf32 is on, which the tests turn on only where they mean it."""
+    tf32_backend = backend in ("cuda", "cuda_emu") or (backend == "triton" and device == "cuda")
+    if dtype == torch.float32 and tf32_backend and torch.backends.cudnn.allow_tf32:
         return TF32_TOLERANCE
     return TOLERANCES[dtype]
+
+
+@pytest.fixture(autouse=True)
+def _fp32_without_tf32():
+    """fp32 is checked at fp32's tolerance unless a test asks for TF32 (the tf32 fixture): torch's
+    default (allow_tf32 on, as nn.Conv2d uses it) would hide an fp32 path's errors below 2e-3."""
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = before
+
+
+@pytest.fixture
+def tf32():
+    """torch's default: fp32 convs may run on TF32 tensor cores."""
+    torch.backends.cudnn.allow_tf32 = True
+    yield
 
 
 def assert_close(got, ref, dtype, backend="cpu", device="cpu", what=""):

@@ -144,6 +144,47 @@ def test_channel_blocked_channels_last_weight(backend_device, name, dtype):
     check_against_torch(BLOCKED_CASES[name], dtype, *backend_device, "channels_last", weight_layout="channels_last")
 
 
+# fp32 with torch.backends.cudnn.allow_tf32 (torch's default): the cuda backend's three conv
+# passes run on TF32 tensor cores, with 16-byte copies when the channel counts are multiples of
+# 4 (c24-k32, c32-k48, c16-k24) and gathered ones when not (c17-k33, the odd CASES).
+TF32_CASES = {**{name: BLOCKED_CASES[name] for name in ("c17-k33-3x3", "c32-k20-3x3-s2", "c16-k24-1x1-p1",
+                                                        "c24-k32-3x3-d2", "c32-k48-3x3-g2",
+                                                        "c18-k17-5x3-s2x3-d2x1", "c16-k16-2x2-s3")},
+              **{case_id(case): case for case in (CASES[3], CASES[7])}}
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("name", sorted(TF32_CASES))
+def test_float32_with_tf32_allowed(backend_device, tf32, name, layout):
+    check_against_torch(TF32_CASES[name], torch.float32, *backend_device, layout)
+
+
+@pytest.mark.parametrize("allow", [True, False], ids=["tf32", "ieee"])
+def test_tf32_rounds_fp32_operands_only_when_allowed(backend_device, allow):
+    """v = 1 + 3 * 2^-12 is exact in fp32; TF32 (10 mantissa bits) rounds it to nearest, 1 + 2^-10
+    (truncation would give 1). A 1x1 conv with unit weights over 8 channels sums 8 of them: 8 v in
+    fp32, 8 (1 + 2^-10) through TF32, both exact. The input gradient likewise (dy = v), and the
+    weight gradient sums 15 products v * v over the 3x5 pixels: 15 v^2 (to fp32 rounding) against
+    15 (1 + 2^-10)^2 (exact), 5e-4 apart. The CPU backend (and the triton interpreter) never use
+    TF32."""
+    backend, device = backend_device
+    torch.backends.cudnn.allow_tf32 = allow
+    v = 1 + 3 * 2.0 ** -12
+    x = torch.full((1, 8, 3, 5), v, device=device).contiguous(memory_format=torch.channels_last)
+    w = torch.ones(8, 8, 1, 1, device=device).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(), w.requires_grad_()
+    y = CF.conv2d(x, w)
+    dx, dw = torch.autograd.grad(y, (x, w), torch.full_like(y, v))
+    rounded, truncated = 1 + 2.0 ** -10, 1.0
+    if allow and backend == "triton" and device == "cuda":  # Triton's own TF32 conversion: rounded or truncated
+        operands = (rounded, truncated)
+    else:
+        operands = (rounded if allow and backend in ("cuda", "cuda_emu") else v,)
+    for got, of in ((y, lambda u: 8 * u), (dx, lambda u: 8 * u), (dw, lambda u: 15 * u * u)):
+        assert any(torch.allclose(got.double(), torch.full_like(got, of(u), dtype=torch.float64), rtol=1e-6, atol=0)
+                   for u in operands), (got.flatten()[:4], [of(u) for u in operands])
+
+
 def test_weight_gradient_is_bitwise_reproducible_in_deterministic_mode(backend_device):
     """torch.use_deterministic_algorithms(True): the weight and bias gradients
     come out bit for bit the same run after run (the triton backend then sums

@@ -1,7 +1,8 @@
 """The compiled CUDA kernels, read from the built extension's SASS (cuobjdump; no GPU needed):
-every fp16/bf16 conv pass runs on tensor cores (mma.sync fed by ldmatrix from shared memory, staged
-by cp.async when the operands sit in 16-byte rows) for every architecture built, and no kernel spills
-to local memory."""
+every fp16/bf16 conv pass, and every fp32 one under allow_tf32, runs on tensor cores (mma.sync fed
+from shared memory by ldmatrix, or by LDS.64 for the fp32 weight gradient, staged by cp.async when
+the operands sit in 16-byte rows) for every architecture built, and no kernel spills to local
+memory."""
 import glob
 import os
 import re
@@ -55,22 +56,42 @@ def _functions(arch: str) -> dict:
     return {k: "\n".join(v) for k, v in functions.items()}
 
 
+def _mma(name: str) -> str:
+    if "BFloat16" in name:
+        return "HMMA.16816.F32.BF16"
+    if "Half" in name:
+        return "HMMA.16816.F32"
+    return "HMMA.1688.F32.TF32"  # float: TF32 operands, fp32 accumulate
+
+
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-@pytest.mark.parametrize("kernel,ldmatrix", [("conv2d_forward_tc_kernel", "LDSM.16.M88.4"),
-                                             ("conv2d_backward_weight_tc_kernel", "LDSM.16.MT88.4")])
-def test_the_16_bit_conv_kernels_are_on_tensor_cores(arch, kernel, ldmatrix):
-    # the forward (also every input gradient, as convolutions of dy) reads K-major slabs, the
-    # weight gradient pixel-major ones through ldmatrix .trans
+@pytest.mark.parametrize("kernel,fragment_loads", [
+    ("conv2d_forward_tc_kernel", {"Half": "LDSM.16.M88.4", "BFloat16": "LDSM.16.M88.4", "float": "LDSM.16.M88.4"}),
+    ("conv2d_backward_weight_tc_kernel",
+     {"Half": "LDSM.16.MT88.4", "BFloat16": "LDSM.16.MT88.4", "float": "LDS.64"}),
+])
+def test_the_conv_kernels_are_on_tensor_cores(arch, kernel, fragment_loads):
+    # the forward (also every input gradient, as convolutions of dy) reads K-major slabs through
+    # ldmatrix (for fp32 too: its rows are 16-bit pairs to ldmatrix), the weight gradient
+    # pixel-major ones through ldmatrix .trans, which moves 16-bit elements only, so fp32 lanes
+    # read their own words (LDS.64 for A, LDS for B)
+    dtypes = tuple(fragment_loads)
     kernels = {k: v for k, v in _functions(arch).items() if kernel in k}
-    # fp16 and bf16, each with a 128x128 and a 128x64 tile, each with cp.async copies (template
-    # argument kVec = true, mangled Lb1) and element-gathered ones (Lb0)
-    assert {"Half" in k or "BFloat16" in k for k in kernels} == {True} and len(kernels) == 8, sorted(kernels)
-    assert sum("Lb1E" in k for k in kernels) == 4, sorted(kernels)
+    # per dtype a 128x128 and a 128x64 tile, each with cp.async copies (template argument
+    # kVec = true, mangled Lb1) and element-gathered ones (Lb0)
+    mangled = {"Half": "IN3c104HalfE", "BFloat16": "IN3c108BFloat16E", "float": "If"}
+    by_dtype = {d: [k for k in kernels if kernel + mangled[d] in k] for d in dtypes}
+    assert all(len(v) == 4 for v in by_dtype.values()) and len(kernels) == 4 * len(dtypes), sorted(kernels)
+    assert sum("Lb1E" in k for k in kernels) == 2 * len(dtypes), sorted(kernels)
     for name, sass in kernels.items():
-        mma = "HMMA.16816.F32.BF16" if "BFloat16" in name else "HMMA.16816.F32"
-        # one K step per warp: 4 x 4 tiles of 16x8 for each of the two k16 halves of the 32-deep step
-        assert len(re.findall(re.escape(mma) + r"\s", sass)) >= 32, name
-        assert ldmatrix in sass and "DEPBAR" in sass, name
+        # one K step per warp: 4 x 4 tiles of 16x8 for each k16 half of the 32-deep 16-bit step, or
+        # for each k8 half of the 16-deep fp32 step (a step is 64 bytes of channels either way);
+        # the fp32 weight gradient keeps its two halves a loop of one (unrolled, it would spill)
+        dtype = next(d for d in dtypes if kernel + mangled[d] in name)
+        rolled = dtype == "float" and "backward_weight" in kernel
+        assert len(re.findall(re.escape(_mma(name)) + r"\s", sass)) >= (16 if rolled else 32), name
+        assert fragment_loads[dtype] + " " in sass and "DEPBAR" in sass, name
+        assert ("LDSM" in sass) == fragment_loads[dtype].startswith("LDSM"), name
         # cp.async 16 B (zero-filling through its predicate or src-size), or element loads stored to
         # shared memory
         assert ("LDGSTS.E.BYPASS.128" in sass) == ("Lb1E" in name), name
@@ -78,16 +99,20 @@ def test_the_16_bit_conv_kernels_are_on_tensor_cores(arch, kernel, ldmatrix):
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_every_16_bit_conv_gemm_issues_hmma(arch):
+def test_every_tensor_core_conv_gemm_issues_hmma(arch):
     # the CUDA-core implicit GEMM is built for float and double only: no fp16/bf16 conv pass is
-    # left on FFMA
+    # left on FFMA, and the tensor-core kernels issue only their dtype's mma
     functions = _functions(arch)
     gemms = [k for k in functions if "conv2d_cu" in k and ("implicit_gemm_kernel" in k or "_tc_kernel" in k)]
-    assert len(gemms) >= 22, sorted(gemms)  # 6 FFMA (float, double x 3 passes) + 16 tensor-core
+    # 6 FFMA (float, double x 3 passes) + 16 16-bit tensor-core + 8 TF32 (forward, weight gradient)
+    assert len(gemms) >= 30, sorted(gemms)
     for name in gemms:
         sixteen_bit = "Half" in name or "BFloat16" in name
-        assert sixteen_bit == ("HMMA" in functions[name]), name
-        assert sixteen_bit != ("implicit_gemm_kernel" in name), name
+        tensor_core = "_tc_kernel" in name
+        assert tensor_core == ("HMMA" in functions[name]), name
+        assert not (sixteen_bit and not tensor_core), name
+        if tensor_core:
+            assert set(re.findall(r"HMMA\.\S+", functions[name])) == {_mma(name)}, name
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])

@@ -39,7 +39,14 @@
 // arbitrary views take the same path.
 //
 // Tensor cores: every fp16/bf16 pass runs on mma.sync m16n8k16 with fp32
-// accumulators; the CUDA-core GEMM above is built for float and double only.
+// accumulators, and, when torch.backends.cudnn.allow_tf32 is set (torch's
+// default, as for nn.Conv2d), every fp32 pass on m16n8k8 .tf32 (operands
+// rounded to TF32 by cvt.rna); the CUDA-core GEMM above serves fp32 without
+// TF32, and double. The TF32 kernels are the 16-bit ones with 4-byte elements:
+// a slab row is still 64 bytes (16 channels instead of 32), one mma eats 32
+// bytes of a row either way, so the forward's copies, swizzle and ldmatrix
+// addresses are shared; the weight gradient reads its fp32 fragments with
+// LDS.64 and LDS instead of ldmatrix .trans (see there).
 // The forward (conv2d_forward_tc_kernel) is an implicit GEMM ordered (r, s, c):
 // one K step is 32 channels of one tap, so every row of the A slab (one output
 // pixel) and of the B slab (one output channel) is 64 contiguous bytes when x
@@ -411,18 +418,26 @@ __device__ __forceinline__ int swizzle(int row, int chunk) {
   return row * kBK + ((chunk ^ ((row >> 1) & 3)) << 3);
 }
 
-// One 16-byte slab chunk: the 8 elements src[e * stride], zero where !ok or
-// e >= valid. kVec (channel stride 1, whole chunks, 16-byte aligned rows): one
-// cp.async, zero-filled when !ok. Otherwise (C/groups not a multiple of 8, any
-// strides) the chunk is gathered element by element and stored synchronously:
-// the stage it fills is not read before the barrier that starts its step, so
-// the pipeline stays correct, only without the overlap of those loads.
+// Elements of T in one 16-byte chunk, and channels in one K step (a 64-byte
+// slab row): 8 and 32 for fp16/bf16, 4 and 16 for fp32 (TF32).
+template <typename T>
+constexpr int kChunkElems = 16 / static_cast<int>(sizeof(T));
+template <typename T>
+constexpr int kStepChannels = kChunks * kChunkElems<T>;
+
+// One 16-byte slab chunk: the kChunkElems<T> elements src[e * stride], zero
+// where !ok or e >= valid. kVec (channel stride 1, whole chunks, 16-byte
+// aligned rows): one cp.async, zero-filled when !ok. Otherwise (channel counts
+// not a multiple of the chunk, any strides) the chunk is gathered element by
+// element and stored synchronously: the stage it fills is not read before the
+// barrier that starts its step, so the pipeline stays correct, only without
+// the overlap of those loads.
 template <bool kVec, typename T>
 __device__ __forceinline__ void load_chunk(uint16_t* dst, const T* src, int64_t stride, bool ok, int valid,
                                            const T* any_valid_address) {
   if constexpr (kVec) {
     tc::cp_async_16(dst, ok ? src : any_valid_address, ok ? 16 : 0);
-  } else {
+  } else if constexpr (sizeof(T) == 2) {
     const uint16_t* p = reinterpret_cast<const uint16_t*>(src);
     uint32_t* d = reinterpret_cast<uint32_t*>(dst);
     CNNKERN_UNROLL
@@ -431,15 +446,36 @@ __device__ __forceinline__ void load_chunk(uint16_t* dst, const T* src, int64_t 
       const uint32_t hi = ok && e + 1 < valid ? p[(e + 1) * stride] : 0u;
       d[e / 2] = lo | (hi << 16);
     }
+  } else {
+    static_assert(sizeof(T) == 4, "tensor-core operands are 16- or 32-bit");
+    const uint32_t* p = reinterpret_cast<const uint32_t*>(src);
+    uint32_t* d = reinterpret_cast<uint32_t*>(dst);
+    CNNKERN_UNROLL
+    for (int e = 0; e < 4; ++e) d[e] = ok && e < valid ? p[e * stride] : 0u;
   }
 }
 
+// One mma over a k16 (fp16/bf16) or k8 (TF32) slice: either way 32 bytes of
+// each row, so the ldmatrix addressing of the slabs is the same for both.
 template <typename T>
 __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   if constexpr (std::is_same_v<T, c10::Half>)
     tc::mma_m16n8k16_f16(d, a, b, d);
-  else
+  else if constexpr (std::is_same_v<T, c10::BFloat16>)
     tc::mma_m16n8k16_bf16(d, a, b, d);
+  else
+    tc::mma_m16n8k8_tf32(d, a, b, d);
+}
+
+// fp32 fragments as ldmatrix loaded them (raw bits) rounded to TF32 (cvt.rna),
+// as cuDNN and CUTLASS do, rather than truncated by the MMA unit; 16-bit
+// fragments are used as they are.
+template <typename T, int N>
+__device__ __forceinline__ void to_operand(uint32_t (&r)[N]) {
+  if constexpr (std::is_same_v<T, float>) {
+    CNNKERN_UNROLL
+    for (int i = 0; i < N; ++i) r[i] = tc::f32_bits_to_tf32(r[i]);
+  }
 }
 
 // A warp's 64x32 tile for one k16 step: 4 x 4 mma tiles of 16x8.
@@ -506,6 +542,8 @@ __global__ void __launch_bounds__(tc_conv::Tile<BN>::kThreads)
   using namespace tc_conv;
   constexpr int kBN = BN, kRowsPerPass = Tile<BN>::kRowsPerPass;
   constexpr int kACopies = Tile<BN>::kACopies, kBCopies = Tile<BN>::kBCopies;
+  constexpr int kE = kChunkElems<T>, kC = kStepChannels<T>;
+  // (slabs in 16-bit units: a row is kBK = 32 of them, 64 bytes, whatever T is)
   __shared__ __align__(128) uint16_t a_smem[kStages][kBM * kBK];
   __shared__ __align__(128) uint16_t b_smem[kStages][kBN * kBK];
 
@@ -528,7 +566,7 @@ __global__ void __launch_bounds__(tc_conv::Tile<BN>::kThreads)
     const int m = m0 + copy_row + kRowsPerPass * i;
     const int mm = m < gemm_m ? m : 0;
     const int n = mm / PQ, pq = mm - n * PQ, p = pq / Q, q = pq - p * Q;
-    a_base[i] = x + n * s.x_stride[0] + (static_cast<int64_t>(group) * c_g + chunk * 8) * xc;
+    a_base[i] = x + n * s.x_stride[0] + (static_cast<int64_t>(group) * c_g + chunk * kE) * xc;
     a_h[i] = m < gemm_m ? p * static_cast<int>(s.stride_h) - static_cast<int>(s.pad_h) : INT_MIN / 2;
     a_w[i] = q * static_cast<int>(s.stride_w) - static_cast<int>(s.pad_w);
   }
@@ -538,15 +576,15 @@ __global__ void __launch_bounds__(tc_conv::Tile<BN>::kThreads)
   for (int j = 0; j < kBCopies; ++j) {
     const int k = n0 + copy_row + kRowsPerPass * j;
     b_ok[j] = k < k_g;
-    b_base[j] = w + group * w_group_stride + (b_ok[j] ? k : 0) * s.w_stride[0] + chunk * 8 * wc;
+    b_base[j] = w + group * w_group_stride + (b_ok[j] ? k : 0) * s.w_stride[0] + chunk * kE * wc;
   }
 
   // K steps walk (r, s, c0) with counters: c0 fastest, then s, then r.
-  const int c_steps = (c_g + kBK - 1) / kBK;
+  const int c_steps = (c_g + kC - 1) / kC;
   const int steps = static_cast<int>(s.R * s.S) * c_steps;
   int load_r = 0, load_s = 0, load_c = 0;
   auto load_stage = [&](int stage) {
-    const int valid = c_g - load_c - chunk * 8;  // channels of this chunk inside C/groups
+    const int valid = c_g - load_c - chunk * kE;  // channels of this chunk inside C/groups
     const bool c_ok = valid > 0;
     const int dh = load_r * static_cast<int>(s.dil_h), dw = load_s * static_cast<int>(s.dil_w);
     CNNKERN_UNROLL
@@ -562,30 +600,36 @@ __global__ void __launch_bounds__(tc_conv::Tile<BN>::kThreads)
       const T* src = ok ? b_base[j] + load_r * s.w_stride[2] + load_s * s.w_stride[3] + load_c * wc : w;
       load_chunk<kVec>(&b_smem[stage][swizzle(copy_row + kRowsPerPass * j, chunk)], src, wc, ok, valid, w);
     }
-    load_c += kBK;
+    load_c += kC;
     if (load_c >= c_g) {
       load_c = 0;
       if (++load_s == s.S) load_s = 0, ++load_r;
     }
   };
 
-  // ldmatrix.x4 row addresses (see cnnkern/mma.h): A, matrices (rows 0-7 | 8-15) x (k 0-7 | 8-15)
-  // as registers a0..a3 of m16n8k16; B (rows = output channels), matrices
-  // (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15): b0, b1 of two n8 tiles.
+  // ldmatrix.x4 row addresses (see cnnkern/mma.h), in 16-byte chunks of a row: A, matrices
+  // (rows 0-7 | 8-15) x (chunk 0 | 1) as registers a0..a3; B (rows = output channels), matrices
+  // (n 0-7, chunk 0), (n 0-7, chunk 1), (n 8-15, chunk 0), (n 8-15, chunk 1): b0, b1 of two n8
+  // tiles. A chunk is k 0-7 of m16n8k16 or k 0-3 of m16n8k8 .tf32, and an fp32 lane of a
+  // non-transposed ldmatrix gets element (lane / 4, lane % 4) of its 8x4 matrix: exactly the
+  // TF32 fragment layout, so both use the same addresses.
   const int a_row = warp_m * kWarpM + lane % 8 + 8 * ((lane / 8) % 2), a_chunk = lane / 16;
   const int b_row = warp_n * kWarpN + lane % 8 + 8 * (lane / 16), b_chunk = (lane / 8) % 2;
   float acc[4][4][4] = {};
   pipeline(steps, load_stage, [&](int stage) {
     CNNKERN_UNROLL
-    for (int kk = 0; kk < kBK / 16; ++kk) {
+    for (int kk = 0; kk < kChunks / 2; ++kk) {  // two chunks (32 bytes) per mma
       uint32_t a[4][4], b[4][2];
       CNNKERN_UNROLL
-      for (int mi = 0; mi < 4; ++mi)
+      for (int mi = 0; mi < 4; ++mi) {
         tc::ldmatrix(a[mi], a_smem[stage] + swizzle(a_row + 16 * mi, 2 * kk + a_chunk));
+        to_operand<T>(a[mi]);
+      }
       CNNKERN_UNROLL
       for (int nj = 0; nj < 4; nj += 2) {
         uint32_t r[4];
         tc::ldmatrix(r, b_smem[stage] + swizzle(b_row + 8 * nj, 2 * kk + b_chunk));
+        to_operand<T>(r);
         b[nj][0] = r[0], b[nj][1] = r[1], b[nj + 1][0] = r[2], b[nj + 1][1] = r[3];
       }
       warp_tile_mma<T>(acc, a, b);
@@ -628,37 +672,60 @@ __global__ void __launch_bounds__(tc_conv::Tile<BN>::kThreads)
 // pipeline are the forward's; chunks are swizzled by row % 8 (256-byte rows).
 
 namespace tc_wgrad {
-constexpr int kBM = 128, kBK = 32;  // output channels x pixels per K step
+constexpr int kBM = 128;  // output channels per block tile
 constexpr int kWarpM = 64, kWarpN = 32, kWarpsM = kBM / kWarpM;
 using tc_conv::kStages;  // the shared pipeline's depth sizes the slabs
-template <int BN>
+// Pixels per K step: 32 (fp16/bf16, two k16 mma slices) or 16 (fp32, two k8
+// TF32 slices); slab bytes are the same either way.
+template <typename T>
+constexpr int kBK = 64 / static_cast<int>(sizeof(T));
+template <typename T, int BN>
 struct Tile {
   static constexpr int kThreads = kWarpsM * (BN / kWarpN) * 32;
-  static constexpr int kAChunks = kBM / 8, kBChunks = BN / 8;  // 16-byte chunks per slab row
-  static constexpr int kACopies = kBK * kAChunks / kThreads, kBCopies = kBK * kBChunks / kThreads;
-  static_assert(kACopies * kThreads == kBK * kAChunks && kBCopies * kThreads == kBK * kBChunks, "copies");
-  static_assert(kStages * (kBM + BN) * kBK * 2 <= 48 * 1024, "static shared memory");
+  static constexpr int kE = tc_conv::kChunkElems<T>;
+  static constexpr int kAChunks = kBM / kE, kBChunks = BN / kE;  // 16-byte chunks per slab row
+  static constexpr int kACopies = kBK<T> * kAChunks / kThreads, kBCopies = kBK<T> * kBChunks / kThreads;
+  static_assert(kACopies * kThreads == kBK<T> * kAChunks && kBCopies * kThreads == kBK<T> * kBChunks, "copies");
+  static constexpr int kSlabA = kBK<T> * kBM * static_cast<int>(sizeof(T)) / 2;  // in uint16_t
+  static constexpr int kSlabB = kBK<T> * BN * static_cast<int>(sizeof(T)) / 2;
+  static_assert(kStages * (kSlabA + kSlabB) * 2 <= 48 * 1024, "static shared memory");
 };
 
-// Element offset of chunk `chunk` of row `row` in a slab with `chunks` per row.
+// Blocks per SM that __launch_bounds__ asks registers for: 2 of 8 warps or 4
+// of 4 (at most 128 registers) for the cp.async variants, except fp32's 4-warp
+// tile, which would spill within 128 and gets 3 (170); the element-gathering
+// variants (a slow path) take what they need rather than spill.
+template <typename T, int BN, bool kVec>
+constexpr int kMinBlocks = !kVec ? 1 : sizeof(T) == 4 && BN == 64 ? 3 : 512 / Tile<T, BN>::kThreads;
+
+// uint16_t offset of 16-byte chunk `chunk` of row `row` in a slab with `chunks`
+// per row (rows are a multiple of 128 bytes, so a chunk's bank group is its
+// swizzled index mod 8). 16-bit: ldmatrix.trans reads one chunk column of 8
+// consecutive rows per phase; the XOR with row % 8 spreads them over the 8
+// groups. fp32: lanes read pixel rows t = lane % 4 at chunks whose low bit
+// comes from the lane's g = lane / 4; the XOR with 2 (row % 4) = 2t moves the
+// four rows to four different pairs of groups, so the 16 lanes of an LDS.64
+// phase hit 16 distinct 8-byte slots and the 32 of an LDS 32 distinct banks.
+template <typename T>
 __device__ __forceinline__ int swizzle(int row, int chunk, int chunks) {
-  return (row * chunks + (chunk ^ (row & 7))) << 3;
+  const int x = sizeof(T) == 2 ? row & 7 : (row & 3) << 1;
+  return (row * chunks + (chunk ^ x)) << 3;
 }
 }  // namespace tc_wgrad
 
 // Block (x, y, z): output channels [x*128, +128) x channels [c0, c0 + BN) of tap
 // y / c_tiles (c0 = y % c_tiles * BN), group z / splits, pixels of split z % splits.
-// At most 128 registers, so that 2 blocks of 8 warps (4 of 4) share an SM; the
-// element-gathering variant (!kVec, a slow path) may take more rather than spill.
+// Registers: see kMinBlocks.
 template <typename T, int BN, bool kVec>
-__global__ void __launch_bounds__(tc_wgrad::Tile<BN>::kThreads, kVec ? 512 / tc_wgrad::Tile<BN>::kThreads : 1)
+__global__ void __launch_bounds__(tc_wgrad::Tile<T, BN>::kThreads, tc_wgrad::kMinBlocks<T, BN, kVec>)
     conv2d_backward_weight_tc_kernel(const Conv2dShape s, const T* dy, const T* x, float* workspace,
                                      const int64_t split_stride, const int npq, const int PQ, const int Q,
                                      const int c_tiles, const int splits, const int steps_per_split) {
   using namespace tc_wgrad;
-  using Tl = Tile<BN>;
-  __shared__ __align__(128) uint16_t a_smem[kStages][kBK * kBM];
-  __shared__ __align__(128) uint16_t b_smem[kStages][kBK * BN];
+  using Tl = Tile<T, BN>;
+  constexpr int kStep = kBK<T>, kE = Tl::kE;
+  __shared__ __align__(128) uint16_t a_smem[kStages][Tl::kSlabA];
+  __shared__ __align__(128) uint16_t b_smem[kStages][Tl::kSlabB];
 
   const int tid = static_cast<int>(threadIdx.x);
   const int lane = tid % 32, warp = tid / 32;
@@ -668,31 +735,32 @@ __global__ void __launch_bounds__(tc_wgrad::Tile<BN>::kThreads, kVec ? 512 / tc_
   const int tap = static_cast<int>(blockIdx.y) / c_tiles, c0 = static_cast<int>(blockIdx.y) % c_tiles * BN;
   const int r = tap / static_cast<int>(s.S), t_s = tap % static_cast<int>(s.S);
   const int group = static_cast<int>(blockIdx.z) / splits;
-  const int pix_begin = static_cast<int>(blockIdx.z) % splits * steps_per_split * kBK;
-  const int pix_end = npq - pix_begin < steps_per_split * kBK ? npq : pix_begin + steps_per_split * kBK;
-  const int steps = pix_end > pix_begin ? (pix_end - pix_begin + kBK - 1) / kBK : 0;
+  const int pix_begin = static_cast<int>(blockIdx.z) % splits * steps_per_split * kStep;
+  const int pix_end = npq - pix_begin < steps_per_split * kStep ? npq : pix_begin + steps_per_split * kStep;
+  const int steps = pix_end > pix_begin ? (pix_end - pix_begin + kStep - 1) / kStep : 0;
 
-  // Copy layout: A chunk tid % 16 of pixel rows tid / 16 + (threads / 16) * i; B likewise.
+  // Copy layout: A chunk tid % kAChunks of pixel rows tid / kAChunks + (threads / kAChunks) * i; B likewise.
   const int a_chunk = tid % Tl::kAChunks, a_row0 = tid / Tl::kAChunks;
   const int b_chunk = tid % Tl::kBChunks, b_row0 = tid / Tl::kBChunks;
   const int64_t yc = kVec ? 1 : s.y_stride[1], xc = kVec ? 1 : s.x_stride[1];  // channel strides
-  const int a_valid = k_g - m0 - a_chunk * 8, b_valid = c_g - c0 - b_chunk * 8;  // channels inside the chunk
+  const int a_valid = k_g - m0 - a_chunk * kE, b_valid = c_g - c0 - b_chunk * kE;  // channels inside the chunk
   const bool a_chunk_ok = a_valid > 0, b_chunk_ok = b_valid > 0;
-  const T* dy_col = dy + (static_cast<int64_t>(group) * k_g + m0 + a_chunk * 8) * yc;
-  const T* x_col = x + (static_cast<int64_t>(group) * c_g + c0 + b_chunk * 8) * xc;
+  const T* dy_col = dy + (static_cast<int64_t>(group) * k_g + m0 + a_chunk * kE) * yc;
+  const T* x_col = x + (static_cast<int64_t>(group) * c_g + c0 + b_chunk * kE) * xc;
   const int dh = r * static_cast<int>(s.dil_h) - static_cast<int>(s.pad_h);
   const int dw = t_s * static_cast<int>(s.dil_w) - static_cast<int>(s.pad_w);
-  // Each copy slot's pixel, as a number and as (n, p, q). A step moves every slot
-  // 32 pixels on: a fixed mixed-radix increment with carries, no division in
-  // the loop.
-  struct Pixel { int pix, n, p, q; };
+  // Each copy slot's pixel as (n, p, q); slot row `row` of a step is pixel
+  // number (first pixel of the step) + row, inside the split while row < left.
+  // A step moves every slot kStep pixels on: a fixed mixed-radix increment with
+  // carries, no division in the loop.
+  struct Pixel { int n, p, q; };
   auto pixel_at = [&](int pix) {
     const int n = pix / PQ, pq = pix - n * PQ, p = pq / Q;
-    return Pixel{pix, n, p, pq - p * Q};
+    return Pixel{n, p, pq - p * Q};
   };
-  const int P = PQ / Q, step_q = kBK % Q, step_p = kBK / Q % P, step_n = kBK / PQ;
+  int left = pix_end - pix_begin;  // pixels of the split from the next step to load on
+  const int P = PQ / Q, step_q = kStep % Q, step_p = kStep / Q % P, step_n = kStep / PQ;
   auto advance = [&](Pixel& px) {
-    px.pix += kBK;
     px.q += step_q;
     const int carry_q = px.q >= Q;
     px.q -= carry_q * Q;
@@ -710,48 +778,24 @@ __global__ void __launch_bounds__(tc_wgrad::Tile<BN>::kThreads, kVec ? 512 / tc_
     CNNKERN_UNROLL
     for (int i = 0; i < Tl::kACopies; ++i) {
       const Pixel& px = a_px[i];
-      const bool ok = a_chunk_ok && px.pix < pix_end;
+      const int row = a_row0 + (Tl::kThreads / Tl::kAChunks) * i;
+      const bool ok = a_chunk_ok && row < left;
       const T* src = ok ? dy_col + px.n * s.y_stride[0] + px.p * s.y_stride[2] + px.q * s.y_stride[3] : dy;
-      tc_conv::load_chunk<kVec>(&a_smem[stage][swizzle(a_row0 + (Tl::kThreads / Tl::kAChunks) * i, a_chunk, Tl::kAChunks)],
-                       src, yc, ok, a_valid, dy);
+      tc_conv::load_chunk<kVec>(&a_smem[stage][swizzle<T>(row, a_chunk, Tl::kAChunks)], src, yc, ok, a_valid, dy);
       advance(a_px[i]);
     }
     CNNKERN_UNROLL
     for (int i = 0; i < Tl::kBCopies; ++i) {
       const Pixel& px = b_px[i];
+      const int row = b_row0 + (Tl::kThreads / Tl::kBChunks) * i;
       const int h = px.p * static_cast<int>(s.stride_h) + dh, w = px.q * static_cast<int>(s.stride_w) + dw;
-      const bool ok = b_chunk_ok && px.pix < pix_end && h >= 0 && h < s.H && w >= 0 && w < s.W;
+      const bool ok = b_chunk_ok && row < left && h >= 0 && h < s.H && w >= 0 && w < s.W;
       const T* src = ok ? x_col + px.n * s.x_stride[0] + h * s.x_stride[2] + w * s.x_stride[3] : x;
-      tc_conv::load_chunk<kVec>(&b_smem[stage][swizzle(b_row0 + (Tl::kThreads / Tl::kBChunks) * i, b_chunk, Tl::kBChunks)],
-                       src, xc, ok, b_valid, x);
+      tc_conv::load_chunk<kVec>(&b_smem[stage][swizzle<T>(row, b_chunk, Tl::kBChunks)], src, xc, ok, b_valid, x);
       advance(b_px[i]);
     }
+    left -= kStep;
   };
-
-  // ldmatrix.x4.trans: slab rows are pixels (the reduction). Lane i addresses row
-  // i % 8 of matrix j = i / 8. A matrices (m 0-7 | 8-15) x (k 0-7 | 8-15) in the
-  // order of a0..a3; B matrices (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15),
-  // (k 8-15, n 8-15): b0, b1 of two n8 tiles.
-  const int j = lane / 8;
-  const int a_row = lane % 8 + 8 * (j / 2), a_col = (warp_m * kWarpM) / 8 + j % 2;
-  const int b_row = lane % 8 + 8 * (j % 2), b_col = (warp_n * kWarpN) / 8 + j / 2;
-  float acc[4][4][4] = {};
-  tc_conv::pipeline(steps, load_stage, [&](int stage) {
-    CNNKERN_UNROLL
-    for (int kk = 0; kk < kBK / 16; ++kk) {
-      uint32_t a[4][4], b[4][2];
-      CNNKERN_UNROLL
-      for (int mi = 0; mi < 4; ++mi)
-        tc::ldmatrix_trans(a[mi], a_smem[stage] + swizzle(16 * kk + a_row, a_col + 2 * mi, Tl::kAChunks));
-      CNNKERN_UNROLL
-      for (int nj = 0; nj < 4; nj += 2) {
-        uint32_t q[4];
-        tc::ldmatrix_trans(q, b_smem[stage] + swizzle(16 * kk + b_row, b_col + nj, Tl::kBChunks));
-        b[nj][0] = q[0], b[nj][1] = q[1], b[nj + 1][0] = q[2], b[nj + 1][1] = q[3];
-      }
-      tc_conv::warp_tile_mma<T>(acc, a, b);
-    }
-  });
 
   // workspace[k][c][r][s] (the CUDA-core path's layout): one atomic add per
   // element and split, or (split_stride > 0, deterministic) a plain store into
@@ -759,13 +803,98 @@ __global__ void __launch_bounds__(tc_wgrad::Tile<BN>::kThreads, kVec ? 512 / tc_
   const int64_t rs = s.R * s.S, crs = c_g * rs;
   const int split = static_cast<int>(blockIdx.z) % splits;
   float* ws = workspace + split * split_stride + static_cast<int64_t>(group) * k_g * crs + tap;
-  tc_conv::for_each_acc(acc, lane, m0 + warp_m * kWarpM, c0 + warp_n * kWarpN, [&](int, int, int k, int c, float v) {
+  auto store = [&](int k, int c, float v) {
     if (k >= k_g || c >= c_g) return;
     if (split_stride > 0)
       ws[k * crs + c * rs] = v;
     else
       atomicAdd(ws + k * crs + c * rs, v);
-  });
+  };
+  float acc[4][4][4] = {};
+  const int wm0 = warp_m * kWarpM, wn0 = warp_n * kWarpN;  // the warp's tile in the block's
+  if constexpr (sizeof(T) == 2) {
+    // ldmatrix.x4.trans: slab rows are pixels (the reduction). Lane i addresses row
+    // i % 8 of matrix j = i / 8. A matrices (m 0-7 | 8-15) x (k 0-7 | 8-15) in the
+    // order of a0..a3; B matrices (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15),
+    // (k 8-15, n 8-15): b0, b1 of two n8 tiles.
+    const int j = lane / 8;
+    const int a_row = lane % 8 + 8 * (j / 2), a_col = wm0 / 8 + j % 2;
+    const int b_row = lane % 8 + 8 * (j % 2), b_col = wn0 / 8 + j / 2;
+    tc_conv::pipeline(steps, load_stage, [&](int stage) {
+      CNNKERN_UNROLL
+      for (int kk = 0; kk < kStep / 16; ++kk) {
+        uint32_t a[4][4], b[4][2];
+        CNNKERN_UNROLL
+        for (int mi = 0; mi < 4; ++mi)
+          tc::ldmatrix_trans(a[mi], a_smem[stage] + swizzle<T>(16 * kk + a_row, a_col + 2 * mi, Tl::kAChunks));
+        CNNKERN_UNROLL
+        for (int nj = 0; nj < 4; nj += 2) {
+          uint32_t q[4];
+          tc::ldmatrix_trans(q, b_smem[stage] + swizzle<T>(16 * kk + b_row, b_col + nj, Tl::kBChunks));
+          b[nj][0] = q[0], b[nj][1] = q[1], b[nj + 1][0] = q[2], b[nj + 1][1] = q[3];
+        }
+        tc_conv::warp_tile_mma<T>(acc, a, b);
+      }
+    });
+    tc_conv::for_each_acc(acc, lane, m0 + wm0, c0 + wn0, [&](int, int, int k, int c, float v) { store(k, c, v); });
+  } else {
+    // TF32 m16n8k8 wants A (channels x pixels) and B (pixels x channels) with
+    // lane (g, t) = (lane / 4, lane % 4) holding pixels t and t + 4 of rows or
+    // columns g (and g + 8 of A): a transposed read of the pixel-major slabs,
+    // which ldmatrix cannot do for 32-bit elements, so the lanes read their
+    // words themselves. Which channel an mma row stands for is ours to choose:
+    // A tile mi's rows g and g + 8 are the warp's channels 16 mi + 2g and
+    // 16 mi + 2g + 1, so (a0, a1) and (a2, a3) are one LDS.64 each from pixel
+    // rows t and t + 4, into the registers the mma reads; B's pair (b0, b1) is
+    // two LDS. Per k8 slice: 8 LDS.64 + 8 LDS for 16 mma, and with the swizzle
+    // no bank conflicts (each half-warp's LDS.64 covers 16 distinct 8-byte
+    // slots, each warp's LDS 32 distinct banks).
+    const int g = lane / 4, t = lane % 4;
+    // Lane bases (uint16_t offsets at pixel row t; rows t + 8 kk + 4 u add a
+    // constant, since swizzle<T> XORs with 2 (row % 4) = 2t): A for even and odd
+    // mi (tiles mi + 2 are 8 chunks on, outside the XOR's bits), B per nj.
+    int a_lane[2], b_lane[4];
+    CNNKERN_UNROLL
+    for (int j = 0; j < 2; ++j) a_lane[j] = swizzle<T>(t, wm0 / kE + 4 * j + g / 2, Tl::kAChunks) + 2 * (g % 2) * 2;
+    CNNKERN_UNROLL
+    for (int nj = 0; nj < 4; ++nj) b_lane[nj] = swizzle<T>(t, wn0 / kE + 2 * nj + g / 4, Tl::kBChunks) + (g % 4) * 2;
+    tc_conv::pipeline(steps, load_stage, [&](int stage) {
+      // rolled: unrolled, the 8-warp tile spills within its 128 registers
+      CNNKERN_NO_UNROLL
+      for (int kk = 0; kk < kStep / 8; ++kk) {
+        uint32_t a[4][4], b[4][2];
+        CNNKERN_UNROLL
+        for (int u = 0; u < 2; ++u) {  // pixel t (a0, a1, b0), then pixel t + 4 (a2, a3, b1)
+          const int row = 8 * kk + 4 * u;
+          CNNKERN_UNROLL
+          for (int nj = 0; nj < 4; ++nj) {
+            uint32_t w[1];
+            tc::lds(w, b_smem[stage] + b_lane[nj] + (row * Tl::kBChunks << 3));
+            b[nj][u] = w[0];
+          }
+          CNNKERN_UNROLL
+          for (int mi = 0; mi < 4; ++mi) {
+            uint32_t w[2];
+            tc::lds(w, a_smem[stage] + a_lane[mi % 2] + ((row * Tl::kAChunks + 8 * (mi / 2)) << 3));
+            a[mi][2 * u] = w[0], a[mi][2 * u + 1] = w[1];
+          }
+        }
+        CNNKERN_UNROLL
+        for (int i = 0; i < 4; ++i) tc_conv::to_operand<T>(a[i]), tc_conv::to_operand<T>(b[i]);
+        tc_conv::warp_tile_mma<T>(acc, a, b);
+      }
+    });
+    // accumulator e of tile (mi, nj): row g + 8 (e / 2), column 2t + e % 2
+    CNNKERN_UNROLL
+    for (int mi = 0; mi < 4; ++mi) {
+      CNNKERN_UNROLL
+      for (int nj = 0; nj < 4; ++nj) {
+        CNNKERN_UNROLL
+        for (int e = 0; e < 4; ++e)
+          store(m0 + wm0 + 16 * mi + 2 * g + e / 2, c0 + wn0 + 8 * nj + 2 * t + e % 2, acc[mi][nj][e]);
+      }
+    }
+  }
 }
 
 // ---- Small kernels -----------------------------------------------------------
@@ -865,8 +994,15 @@ void launch_gemm(const Problem& prob, int64_t groups, gpu_stream_t stream) {
 template <typename T>
 constexpr bool kTensorCores = std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>;
 
-// The fp16/bf16 forward, and each sub-convolution of the input gradient, on
-// conv2d_forward_tc_kernel: 128-wide N tiles when there are more than 64
+// Whether a pass of dtype T runs on tensor cores: always for fp16/bf16, for
+// fp32 (as TF32) when allow_tf32.
+template <typename T>
+bool on_tensor_cores(bool allow_tf32) {
+  return kTensorCores<T> || (std::is_same_v<T, float> && allow_tf32);
+}
+
+// The tensor-core forward (fp16/bf16, fp32 as TF32), and each sub-convolution
+// of the input gradient, on conv2d_forward_tc_kernel: 128-wide N tiles when there are more than 64
 // output channels per group, cp.async copies when the operands allow.
 template <typename T>
 void launch_forward_tc(const Conv2dShape& s, const T* x, const T* w, int64_t w_group_stride, const T* bias, T* y,
@@ -890,7 +1026,7 @@ void launch_forward_tc(const Conv2dShape& s, const T* x, const T* w, int64_t w_g
   using Wide = std::integral_constant<int, 128>;
   using Narrow = std::integral_constant<int, 64>;
   // (a group's weight must start on a 16-byte boundary too)
-  const bool vec = conv2d_forward_vector_copies(s, x, w) && w_group_stride % 8 == 0;
+  const bool vec = conv2d_forward_vector_copies(s, x, w, sizeof(T)) && w_group_stride % tc_conv::kChunkElems<T> == 0;
   if (gemm_n > 64)
     vec ? launch(Wide{}, std::true_type{}) : launch(Wide{}, std::false_type{});
   else
@@ -927,23 +1063,25 @@ void backward_input_tc(const Conv2dShape& s, const T* dy, const T* w, T* dx, gpu
   }
 }
 
-// The fp16/bf16 weight gradient's split of the pixels over grid.z: as many
-// splits as fill the SMs once with their resident blocks (16 warps each: see
-// __launch_bounds__; ceil would start a second, mostly empty wave), each at
+// The tensor-core weight gradient's split of the pixels over grid.z: as many
+// splits as fill the SMs once with their resident blocks (kMinBlocks, which
+// __launch_bounds__ reserves registers for; ceil would start a second, mostly
+// empty wave), each at
 // least kMinStepsPerSplit steps. Deterministic mode keeps them: each split
 // stores into its own workspace slice instead of adding atomically.
 struct WgradTcPlan {
   int bn;  // channels per block tile: 128 when C/groups > 64, else 64
   int64_t c_tiles, splits, steps_per_split;
 };
+template <typename T>
 WgradTcPlan plan_backward_weight_tc(const Conv2dShape& s) {
   WgradTcPlan p{s.c_per_group() > 64 ? 128 : 64, 0, 1, 0};
-  const int64_t threads = p.bn == 128 ? tc_wgrad::Tile<128>::kThreads : tc_wgrad::Tile<64>::kThreads;
+  const int64_t resident = p.bn == 128 ? tc_wgrad::kMinBlocks<T, 128, true> : tc_wgrad::kMinBlocks<T, 64, true>;
   p.c_tiles = ceil_div(s.c_per_group(), p.bn);
   const int64_t tiles = ceil_div(s.k_per_group(), tc_wgrad::kBM) * s.R * s.S * p.c_tiles * s.groups;
-  const int64_t steps = ceil_div(s.N * s.P * s.Q, tc_wgrad::kBK);
+  const int64_t steps = ceil_div(s.N * s.P * s.Q, tc_wgrad::kBK<T>);
   if (tiles == 0 || steps == 0) return p;
-  int64_t splits = 512 / threads * multiprocessor_count() / tiles;
+  int64_t splits = resident * multiprocessor_count() / tiles;
   if (splits > ceil_div(steps, kMinStepsPerSplit)) splits = ceil_div(steps, kMinStepsPerSplit);
   if (splits > kMaxGridYZ / s.groups) splits = kMaxGridYZ / s.groups;
   if (splits < 1) splits = 1;
@@ -962,7 +1100,7 @@ void launch_backward_weight_tc(const Conv2dShape& s, const T* dy, const T* x, fl
   if (gemm_m == 0 || gemm_n == 0 || gemm_k == 0 || s.groups == 0) return;
   if (s.H > INT_MAX / 4 || s.W > INT_MAX / 4 || s.P > INT_MAX / 4 || s.Q > INT_MAX / 4)
     throw std::invalid_argument("cnnkern conv2d (GPU): spatial extents too large for the tensor-core kernels");
-  const WgradTcPlan plan = plan_backward_weight_tc(s);
+  const WgradTcPlan plan = plan_backward_weight_tc<T>(s);
   if (s.R * s.S * plan.c_tiles > kMaxGridYZ)
     throw std::invalid_argument("cnnkern conv2d (GPU): too many taps and channel tiles for the grid");
   const int64_t split_stride = deterministic && plan.splits > 1 ? s.K * s.c_per_group() * s.R * s.S : 0;
@@ -971,36 +1109,73 @@ void launch_backward_weight_tc(const Conv2dShape& s, const T* dy, const T* x, fl
     const dim3 grid(static_cast<unsigned>(ceil_div(gemm_m, tc_wgrad::kBM)),
                     static_cast<unsigned>(s.R * s.S * plan.c_tiles), static_cast<unsigned>(s.groups * plan.splits));
     launch_kernel(conv2d_backward_weight_tc_kernel<T, BN, decltype(vec)::value>, grid,
-                  dim3(tc_wgrad::Tile<BN>::kThreads), 0, stream, s, dy, x, workspace, split_stride, gemm_k, PQ, Q,
+                  dim3(tc_wgrad::Tile<T, BN>::kThreads), 0, stream, s, dy, x, workspace, split_stride, gemm_k, PQ, Q,
                   static_cast<int>(plan.c_tiles), static_cast<int>(plan.splits),
                   static_cast<int>(plan.steps_per_split));
   };
   using Wide = std::integral_constant<int, 128>;
   using Narrow = std::integral_constant<int, 64>;
-  const bool vec = conv2d_backward_weight_vector_copies(s, dy, x);
+  const bool vec = conv2d_backward_weight_vector_copies(s, dy, x, sizeof(T));
   if (plan.bn == 128)
     vec ? launch(Wide{}, std::true_type{}) : launch(Wide{}, std::false_type{});
   else
     vec ? launch(Narrow{}, std::true_type{}) : launch(Narrow{}, std::false_type{});
 }
 
-}  // namespace
-
-bool conv2d_forward_vector_copies(const Conv2dShape& s, const void* x, const void* w) {
-  return s.groups > 0 && s.c_per_group() % 8 == 0 && channels_in_16_byte_rows(s.x_stride, x) &&
-         channels_in_16_byte_rows(s.w_stride, w);
+// The CUDA-core weight gradient (float, double; fp32 without TF32): split-K
+// over the pixels into the workspace, one split when deterministic.
+template <typename T>
+void backward_weight_ffma(const Conv2dShape& s, const T* dy, const T* x, acc_t<T>* workspace, bool deterministic,
+                          gpu_stream_t stream) {
+  BackwardWeightProblem<T> prob{};
+  prob.shape = s;
+  prob.dy = dy;
+  prob.x = x;
+  prob.workspace = workspace;
+  prob.gemm_m = checked_extent(s.k_per_group(), "K/groups");
+  prob.gemm_n = checked_extent(s.c_per_group() * s.R * s.S, "C/groups*R*S");
+  prob.gemm_k = checked_extent(s.N * s.P * s.Q, "N*P*Q");
+  prob.PQ = checked_extent(s.P * s.Q, "P*Q");
+  prob.Q = static_cast<int>(s.Q);
+  prob.RS = checked_extent(s.R * s.S, "R*S");
+  prob.S = static_cast<int>(s.S);
+  if (prob.gemm_m > 0 && prob.gemm_n > 0 && prob.gemm_k > 0 && s.groups > 0) {
+    const int64_t tiles = ceil_div(prob.gemm_m, kTileM) * ceil_div(prob.gemm_n, kTileN) * s.groups;
+    const int64_t steps = ceil_div(prob.gemm_k, kTileK);
+    int64_t splits = ceil_div(kTargetBlocksPerSm * multiprocessor_count(), tiles);
+    if (splits > ceil_div(steps, kMinStepsPerSplit)) splits = ceil_div(steps, kMinStepsPerSplit);
+    if (splits > kMaxGridYZ / s.groups) splits = kMaxGridYZ / s.groups;
+    if (splits < 1 || deterministic) splits = 1;
+    const int64_t steps_per_split = ceil_div(steps, splits);
+    splits = ceil_div(steps, steps_per_split);  // drop splits that would get no work
+    launch_gemm(prob, s.groups, splits, steps_per_split, stream);
+  }
 }
 
-bool conv2d_backward_weight_vector_copies(const Conv2dShape& s, const void* dy, const void* x) {
-  return s.groups > 0 && s.c_per_group() % 8 == 0 && s.k_per_group() % 8 == 0 &&
-         channels_in_16_byte_rows(s.x_stride, x) && channels_in_16_byte_rows(s.y_stride, dy);
+}  // namespace
+
+bool conv2d_forward_vector_copies(const Conv2dShape& s, const void* x, const void* w, std::size_t elem_bytes) {
+  const int64_t e = 16 / static_cast<int64_t>(elem_bytes);
+  return s.groups > 0 && s.c_per_group() % e == 0 && channels_in_16_byte_rows(s.x_stride, x, elem_bytes) &&
+         channels_in_16_byte_rows(s.w_stride, w, elem_bytes);
+}
+
+bool conv2d_backward_weight_vector_copies(const Conv2dShape& s, const void* dy, const void* x,
+                                          std::size_t elem_bytes) {
+  const int64_t e = 16 / static_cast<int64_t>(elem_bytes);
+  return s.groups > 0 && s.c_per_group() % e == 0 && s.k_per_group() % e == 0 &&
+         channels_in_16_byte_rows(s.x_stride, x, elem_bytes) && channels_in_16_byte_rows(s.y_stride, dy, elem_bytes);
 }
 
 template <typename T>
-void conv2d_forward(const Conv2dShape& s, const T* x, const T* w, const T* bias, T* y, gpu_stream_t stream) {
+void conv2d_forward(const Conv2dShape& s, const T* x, const T* w, const T* bias, T* y, gpu_stream_t stream,
+                    bool allow_tf32) {
   if constexpr (kTensorCores<T>) {
     launch_forward_tc(s, x, w, s.k_per_group() * s.w_stride[0], bias, y, stream);
   } else {
+    if constexpr (std::is_same_v<T, float>) {
+      if (allow_tf32) return launch_forward_tc(s, x, w, s.k_per_group() * s.w_stride[0], bias, y, stream);
+    }
     ForwardProblem<T> prob{};
     prob.shape = s;
     prob.x = x;
@@ -1019,10 +1194,14 @@ void conv2d_forward(const Conv2dShape& s, const T* x, const T* w, const T* bias,
 }
 
 template <typename T>
-void conv2d_backward_input(const Conv2dShape& s, const T* dy, const T* w, T* dx, gpu_stream_t stream) {
+void conv2d_backward_input(const Conv2dShape& s, const T* dy, const T* w, T* dx, gpu_stream_t stream,
+                           bool allow_tf32) {
   if constexpr (kTensorCores<T>) {
     backward_input_tc(s, dy, w, dx, stream);
   } else {
+    if constexpr (std::is_same_v<T, float>) {
+      if (allow_tf32) return backward_input_tc(s, dy, w, dx, stream);
+    }
     BackwardInputProblem<T> prob{};
     prob.shape = s;
     prob.dy = dy;
@@ -1041,39 +1220,19 @@ void conv2d_backward_input(const Conv2dShape& s, const T* dy, const T* w, T* dx,
 
 template <typename T>
 void conv2d_backward_weight(const Conv2dShape& s, const T* dy, const T* x, T* dw, acc_t<T>* workspace,
-                            bool deterministic, gpu_stream_t stream) {
-  if constexpr (kTensorCores<T>) {
+                            bool deterministic, gpu_stream_t stream, bool allow_tf32) {
+  if constexpr (kTensorCores<T>)
     launch_backward_weight_tc(s, dy, x, static_cast<float*>(workspace), deterministic, stream);
-  } else {
-    BackwardWeightProblem<T> prob{};
-    prob.shape = s;
-    prob.dy = dy;
-    prob.x = x;
-    prob.workspace = workspace;
-    prob.gemm_m = checked_extent(s.k_per_group(), "K/groups");
-    prob.gemm_n = checked_extent(s.c_per_group() * s.R * s.S, "C/groups*R*S");
-    prob.gemm_k = checked_extent(s.N * s.P * s.Q, "N*P*Q");
-    prob.PQ = checked_extent(s.P * s.Q, "P*Q");
-    prob.Q = static_cast<int>(s.Q);
-    prob.RS = checked_extent(s.R * s.S, "R*S");
-    prob.S = static_cast<int>(s.S);
-    if (prob.gemm_m > 0 && prob.gemm_n > 0 && prob.gemm_k > 0 && s.groups > 0) {
-      const int64_t tiles = ceil_div(prob.gemm_m, kTileM) * ceil_div(prob.gemm_n, kTileN) * s.groups;
-      const int64_t steps = ceil_div(prob.gemm_k, kTileK);
-      int64_t splits = ceil_div(kTargetBlocksPerSm * multiprocessor_count(), tiles);
-      if (splits > ceil_div(steps, kMinStepsPerSplit)) splits = ceil_div(steps, kMinStepsPerSplit);
-      if (splits > kMaxGridYZ / s.groups) splits = kMaxGridYZ / s.groups;
-      if (splits < 1 || deterministic) splits = 1;
-      const int64_t steps_per_split = ceil_div(steps, splits);
-      splits = ceil_div(steps, steps_per_split);  // drop splits that would get no work
-      launch_gemm(prob, s.groups, splits, steps_per_split, stream);
-    }
-  }
+  else if constexpr (std::is_same_v<T, float>)
+    allow_tf32 ? launch_backward_weight_tc(s, dy, x, workspace, deterministic, stream)
+               : backward_weight_ffma(s, dy, x, workspace, deterministic, stream);
+  else
+    backward_weight_ffma(s, dy, x, workspace, deterministic, stream);
 
   // Runs even when the GEMM is empty: dw is then the zeroed workspace.
   const int64_t total = s.K * s.c_per_group() * s.R * s.S;
   if (total == 0) return;
-  const int64_t splits = conv2d_backward_weight_workspace<T>(s, deterministic) / total;
+  const int64_t splits = conv2d_backward_weight_workspace<T>(s, deterministic, allow_tf32) / total;
   int64_t blocks = ceil_div(total, kConvertThreads);
   if (blocks > kMaxConvertBlocks) blocks = kMaxConvertBlocks;
   launch_kernel(weight_grad_convert_kernel<T>, dim3(static_cast<unsigned>(blocks)), dim3(kConvertThreads), 0,
@@ -1081,10 +1240,10 @@ void conv2d_backward_weight(const Conv2dShape& s, const T* dy, const T* x, T* dw
 }
 
 template <typename T>
-int64_t conv2d_backward_weight_workspace(const Conv2dShape& s, bool deterministic) {
+int64_t conv2d_backward_weight_workspace(const Conv2dShape& s, bool deterministic, bool allow_tf32) {
   const int64_t total = s.K * s.c_per_group() * s.R * s.S;
-  if (!kTensorCores<T> || !deterministic || s.N * s.P * s.Q == 0 || total == 0) return total;
-  return total * plan_backward_weight_tc(s).splits;
+  if (!on_tensor_cores<T>(allow_tf32) || !deterministic || s.N * s.P * s.Q == 0 || total == 0) return total;
+  return total * plan_backward_weight_tc<T>(s).splits;
 }
 
 template <typename T>
@@ -1098,13 +1257,13 @@ void conv2d_backward_bias(const Conv2dShape& s, const T* dy, T* db, gpu_stream_t
 
 #define CNNKERN_INSTANTIATE_CONV2D(T)                                                      \
   template void conv2d_forward<T>(const Conv2dShape&, const T*, const T*, const T*, T*,    \
-                                  gpu_stream_t);                                           \
+                                  gpu_stream_t, bool);                                     \
   template void conv2d_backward_input<T>(const Conv2dShape&, const T*, const T*, T*,       \
-                                         gpu_stream_t);                                    \
+                                         gpu_stream_t, bool);                              \
   template void conv2d_backward_weight<T>(const Conv2dShape&, const T*, const T*, T*,      \
-                                          acc_t<T>*, bool, gpu_stream_t);                  \
+                                          acc_t<T>*, bool, gpu_stream_t, bool);            \
   template void conv2d_backward_bias<T>(const Conv2dShape&, const T*, T*, gpu_stream_t);          \
-  template int64_t conv2d_backward_weight_workspace<T>(const Conv2dShape&, bool);
+  template int64_t conv2d_backward_weight_workspace<T>(const Conv2dShape&, bool, bool);
 
 CNNKERN_INSTANTIATE_CONV2D(float)
 CNNKERN_INSTANTIATE_CONV2D(double)

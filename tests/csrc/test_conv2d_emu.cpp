@@ -163,6 +163,9 @@ template <> Tolerance tolerance<c10::BFloat16>() { return {8e-3, 1e-5}; }
 
 template <typename T> const char* type_name();
 template <> const char* type_name<float>() { return "float"; }
+// fp32 on TF32 tensor cores: each operand rounded to 11 significant bits, so a
+// product is within 2^-10 of exact, relative to its own magnitude.
+constexpr Tolerance kTf32Tolerance{1e-6, 1.2e-3};
 template <> const char* type_name<double>() { return "double"; }
 template <> const char* type_name<c10::Half>() { return "half"; }
 template <> const char* type_name<c10::BFloat16>() { return "bfloat16"; }
@@ -172,8 +175,8 @@ int g_failures = 0;
 // Compares a strided result against the reference (flattened in its dims'
 // row-major order) and prints one PASS/FAIL line.
 template <typename T>
-void report(const char* pass, const Case& c, const Buffer<T>& out, const Ref& ref, double ms) {
-  const Tolerance tol = tolerance<T>();
+void report(const char* pass, const Case& c, const Buffer<T>& out, const Ref& ref, double ms,
+            const Tolerance tol = tolerance<T>()) {
   double worst = 0.0;  // largest error / bound
   size_t i = 0, bad = 0;
   out.for_each([&](int64_t a, int64_t b, int64_t cc, int64_t e) {
@@ -199,8 +202,11 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// tf32 (float only): the forward and both gradients through TF32 tensor cores,
+// instead of on CUDA cores (the bias gradient has no GEMM: run without).
 template <typename T>
-void run_case(const Case& c, uint32_t seed) {
+void run_case(const Case& c, uint32_t seed, bool tf32 = false) {
+  const Tolerance tol = tf32 ? kTf32Tolerance : tolerance<T>();
   Conv2dShape s{};
   s.N = c.N; s.C = c.C; s.H = c.H; s.W = c.W; s.K = c.K; s.R = c.R; s.S = c.S;
   s.stride_h = c.stride_h; s.stride_w = c.stride_w; s.pad_h = c.pad_h; s.pad_w = c.pad_w;
@@ -241,9 +247,10 @@ void run_case(const Case& c, uint32_t seed) {
     Buffer<T> y(yd, c.y_layout);
     const auto t0 = std::chrono::steady_clock::now();
     kern::conv2d_forward<T>(s, x.data.data(), w.data.data(), c.bias ? bias.data() : nullptr,
-                            y.data.data(), nullptr);
-    const bool vec = kern::conv2d_forward_vector_copies(s, x.data.data(), w.data.data());
-    report(sizeof(T) != 2 ? "forward" : vec ? "forward (mma)" : "forward (mma, g)", c, y, ref, ms_since(t0));
+                            y.data.data(), nullptr, tf32);
+    const bool vec = kern::conv2d_forward_vector_copies(s, x.data.data(), w.data.data(), sizeof(T));
+    const bool mma = sizeof(T) == 2 || tf32;
+    report(!mma ? "forward" : vec ? "forward (mma)" : "forward (mma, g)", c, y, ref, ms_since(t0), tol);
   }
   // backward input
   {
@@ -254,8 +261,8 @@ void run_case(const Case& c, uint32_t seed) {
     });
     Buffer<T> dx(xd, c.x_layout);
     const auto t0 = std::chrono::steady_clock::now();
-    kern::conv2d_backward_input<T>(s, dy.data.data(), w.data.data(), dx.data.data(), nullptr);
-    report(sizeof(T) == 2 ? "bwd_input (mma)" : "backward_input", c, dx, ref, ms_since(t0));
+    kern::conv2d_backward_input<T>(s, dy.data.data(), w.data.data(), dx.data.data(), nullptr, tf32);
+    report(sizeof(T) == 2 || tf32 ? "bwd_input (mma)" : "backward_input", c, dx, ref, ms_since(t0), tol);
   }
   // backward weight
   {
@@ -267,17 +274,19 @@ void run_case(const Case& c, uint32_t seed) {
     // split-K (atomics into the workspace), and one split per tile (the deterministic mode)
     for (const bool deterministic : {false, true}) {
       Buffer<T> dw(wd, c.w_layout);
-      std::vector<acc_t<T>> workspace(static_cast<size_t>(kern::conv2d_backward_weight_workspace<T>(s, deterministic)),
-                                      acc_t<T>(0));
+      std::vector<acc_t<T>> workspace(
+          static_cast<size_t>(kern::conv2d_backward_weight_workspace<T>(s, deterministic, tf32)), acc_t<T>(0));
       const auto t0 = std::chrono::steady_clock::now();
       kern::conv2d_backward_weight<T>(s, dy.data.data(), x.data.data(), dw.data.data(),
-                                      workspace.data(), deterministic, nullptr);
-      const bool vec = kern::conv2d_backward_weight_vector_copies(s, dy.data.data(), x.data.data());
+                                      workspace.data(), deterministic, nullptr, tf32);
+      const bool vec = kern::conv2d_backward_weight_vector_copies(s, dy.data.data(), x.data.data(), sizeof(T));
       const char* tc = deterministic ? (vec ? "bwd_w_det (mma)" : "bwd_w_det (mma, g)")
                                      : (vec ? "bwd_weight (mma)" : "bwd_weight (mma, g)");
-      report(sizeof(T) == 2 ? tc : deterministic ? "bwd_weight_det" : "backward_weight", c, dw, ref, ms_since(t0));
+      report(sizeof(T) == 2 || tf32 ? tc : deterministic ? "bwd_weight_det" : "backward_weight", c, dw, ref,
+             ms_since(t0), tol);
     }
   }
+  if (tf32) return;
   // backward bias (db is a contiguous vector: view it as [K][1][1][1])
   {
     Ref ref(static_cast<size_t>(c.K));
@@ -351,6 +360,10 @@ int main() {
       {"tensor cores dgrad 1x1 s2 C16 K32 9x8", 2, 16, 9, 8, 32, 1, 1, 2, 2, 0, 0, 1, 1, 1, L::ChannelsLast, L::KInner, L::ChannelsLast, false},
       {"tensor cores dgrad 3x3 s2 p1 C24 K16 11x10", 2, 24, 11, 10, 16, 3, 3, 2, 2, 1, 1, 1, 1, 1, L::Contiguous, L::KInner, L::ChannelsLast, true},
       {"tensor cores dgrad 3x3 s(2,3) p(2,1) d2 g2 C16 K32", 1, 16, 13, 14, 32, 3, 3, 2, 3, 2, 1, 2, 2, 2, L::ChannelsLast, L::KInner, L::ChannelsLast, true},
+      // channel counts a multiple of 4 but not of 8: 16-byte copies for fp32 (TF32), gathered
+      // ones for 16-bit; the second with the packed (c, r, s, k) weight of the input gradient.
+      {"tf32 vec C12 K20 9x10 3x3 s2 p1", 2, 12, 9, 10, 20, 3, 3, 2, 2, 1, 1, 1, 1, 1, L::ChannelsLast, L::ChannelsLast, L::ChannelsLast, true},
+      {"tf32 dgrad C20 K12 8x9 3x3 s2 p1 g2", 1, 20, 8, 9, 12, 3, 3, 2, 2, 1, 1, 1, 1, 2, L::ChannelsLast, L::KInner, L::ChannelsLast, false},
   };
 
   const auto t0 = std::chrono::steady_clock::now();
@@ -360,6 +373,7 @@ int main() {
     std::printf("-- %s  (x %s, w %s, y %s)\n", c.name.c_str(), layout_name(c.x_layout),
                 layout_name(c.w_layout), layout_name(c.y_layout));
     run_case<float>(c, seed);
+    run_case<float>(c, seed, /*tf32=*/true);
     run_case<double>(c, seed);
     run_case<c10::Half>(c, seed);
     run_case<c10::BFloat16>(c, seed);

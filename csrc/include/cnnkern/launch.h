@@ -24,12 +24,15 @@
   type* name = reinterpret_cast<type*>(cnnkern_dynamic_smem_)
 #endif
 
-// Fully unroll a loop over a register array (nvcc only: g++ would warn about
-// an unknown pragma, and the emulation does not care).
+// Fully unroll a loop over a register array, or keep one rolled where its
+// unrolled body would spill (nvcc only: g++ would warn about an unknown
+// pragma, and the emulation does not care).
 #if defined(__CUDACC__)
 #define CNNKERN_UNROLL _Pragma("unroll")
+#define CNNKERN_NO_UNROLL _Pragma("unroll 1")
 #else
 #define CNNKERN_UNROLL
+#define CNNKERN_NO_UNROLL
 #endif
 
 namespace cnnkern {

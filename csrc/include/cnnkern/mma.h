@@ -332,6 +332,19 @@ __device__ __forceinline__ uint32_t f32_to_tf32(float x) {
 #endif
 }
 
+// The same for an fp32 value held as its bits (an ldmatrix register).
+__device__ __forceinline__ uint32_t f32_bits_to_tf32(uint32_t bits) {
+#if defined(CNNKERN_TC_PTX)
+  return f32_to_tf32(__uint_as_float(bits));
+#elif defined(CNNKERN_EMU)
+  return emulation::f32_to_tf32(emulation::bits_to_float(bits));
+#else
+  (void)bits;
+  unsupported();
+  return 0;
+#endif
+}
+
 // ---- ldmatrix.sync.aligned.m8n8.{x1,x2,x4}{,.trans}.shared.b16 -------------------
 // N = 1, 2 or 4 matrices, one register each (see the layout at the top); `row`
 // is this lane's row address in shared memory. The "memory" clobber keeps the
@@ -380,6 +393,27 @@ __device__ __forceinline__ void ldmatrix_trans(uint32_t (&r)[N], const void* row
   (void)row;
   for (int i = 0; i < N; ++i) r[i] = 0;
   unsupported();
+#endif
+}
+
+// ---- ld.shared{,.v2}.b32: one lane's 4 or 8 bytes (LDS, LDS.64) ----------------
+// For 32-bit fragments that ldmatrix cannot transpose: the N words at p, a
+// 4N-byte aligned shared-memory address (checked under emulation), into
+// registers the mma can take as they are.
+template <int N>
+__device__ __forceinline__ void lds(uint32_t (&r)[N], const void* p) {
+  static_assert(N == 1 || N == 2, "one or two words");
+#if defined(CNNKERN_EMU)
+  if (reinterpret_cast<std::uintptr_t>(p) % (4 * N) != 0)
+    throw std::runtime_error("cuda_emu: ld.shared: address not aligned to its size");
+  std::memcpy(r, p, 4 * N);
+#else
+  if constexpr (N == 1) {
+    r[0] = *static_cast<const uint32_t*>(p);
+  } else {
+    const uint2 v = *static_cast<const uint2*>(p);
+    r[0] = v.x, r[1] = v.y;
+  }
 #endif
 }
 
