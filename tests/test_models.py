@@ -2,9 +2,11 @@
 mode, fuses exactly BatchNorm2d-then-ReLU, round-trips, and the converted
 networks compute what the torch.nn ones do (float64, forward and every gradient)."""
 import copy
+import io
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import cnnkern
@@ -123,3 +125,158 @@ def test_models_match_torch_in_float64(name):
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12, msg=key)
     torch_net.eval(), kern_net.eval()
     torch.testing.assert_close(kern_net(x), torch_net(x), rtol=1e-10, atol=1e-12)
+
+
+# ---- convert() on forward(): BatchNorm -> ReLU pairs and functional pools found by torch.fx ----
+
+class _ResidualBlock(nn.Module):
+    """torchvision's BasicBlock pattern: one ReLU module shared by two calls, bn2 into an add."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class _FunctionalBlock(nn.Module):
+    """googlenet/inception's BasicConv2d (F.relu in forward), torch.relu and x.relu(), a ReLU6 pair,
+    and every functional pool cnnkern routes."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(3, c, 3, padding=1)
+        self.bn_a, self.bn_b, self.bn_c, self.bn_d = (nn.BatchNorm2d(c) for _ in range(4))
+        self.relu6 = nn.ReLU6()
+
+    def forward(self, x):
+        x = F.relu(self.bn_a(self.conv(x)), inplace=True)
+        x = F.max_pool2d(torch.relu(self.bn_b(x)), 3, stride=2, padding=1)
+        x = F.avg_pool2d(self.bn_c(x).relu(), 2, ceil_mode=True)
+        x = self.relu6(self.bn_d(x))
+        pooled = F.adaptive_avg_pool2d(x, (2, 1))
+        return x.mean([2, 3]) + torch.mean(x, (-2, -1), keepdim=True).flatten(1) + pooled.sum((2, 3))
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = _FunctionalBlock(6)
+        self.proj = nn.Conv2d(6, 6, 1)
+        self.block = _ResidualBlock(6)
+        self.bn = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = self.stem(x)[:, :, None, None].expand(-1, -1, 5, 5).contiguous()
+        h = self.block(self.proj(h))
+        return self.fc(F.relu(self.bn(h)).mean([2, 3]))
+
+
+def _run(net, x, labels):
+    net.zero_grad()
+    out = net(x)
+    nn.functional.cross_entropy(out, labels).backward()
+    return out
+
+
+def test_convert_fuses_pairs_called_in_forward_and_routes_functional_pools():
+    torch.manual_seed(0)
+    net = _Net().double()
+    kern, report = cnnkern.convert(net, report=True)
+    assert sorted(p for p, _ in report.fused) == sorted(["bn", "block.bn1", "stem.bn_a", "stem.bn_b", "stem.bn_c"])
+    assert all(where == "forward()" for _, where in report.fused)
+    assert {p: why for p, _, why in report.left} == {
+        "block.bn2": "its output goes to add, not only to a ReLU",
+        "stem.bn_d": "its output goes to ReLU6, not only to a ReLU"}
+    assert sorted(f for _, f in report.routed) == [
+        "mean over H and W", "mean over H and W", "mean over H and W", "torch.nn.functional.adaptive_avg_pool2d",
+        "torch.nn.functional.avg_pool2d", "torch.nn.functional.max_pool2d"]
+    assert report.counts()["swapped"] == {"Conv2d": 4}
+    for path in ("bn", "block.bn1", "stem.bn_a", "stem.bn_b", "stem.bn_c"):
+        assert type(kern.get_submodule(path)) is cnnkern.BatchNormReLU2d, path
+    assert type(kern.block.bn2) is nn.BatchNorm2d and type(kern.block.relu) is nn.ReLU  # shared: still called
+    code = kern.stem.__dict__["forward"].code
+    assert "cnnkern_functional_max_pool2d(" in code and "cnnkern_convert_spatial_mean(" in code
+    assert "relu" not in code.replace("relu6", "")  # the three ReLUs after fused BatchNorms are gone
+    assert str(report).startswith("cnnkern.convert: 4 Conv2d swapped; 5 BatchNorm2d+ReLU fused; 6 functional")
+    # the same network, in train and eval mode: outputs, every gradient, running statistics
+    x = torch.randn(3, 3, 9, 7, dtype=torch.float64)
+    labels = torch.tensor([0, 2, 1])
+    for train in (True, False):
+        net.train(train), kern.train(train)
+        torch.testing.assert_close(_run(kern, x, labels), _run(net, x, labels), rtol=1e-10, atol=1e-12)
+        for (name, a), b in zip(net.named_parameters(), kern.parameters()):
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-9, atol=1e-12, msg=name)
+        for (name, a), b in zip(net.named_buffers(), kern.buffers()):
+            torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14, msg=name)
+    # state_dict keys unchanged, strict loads both ways; converting back restores forward() exactly
+    assert list(kern.state_dict()) == list(net.state_dict())
+    kern.load_state_dict(net.state_dict(), strict=True)
+    back = cnnkern.convert(kern, to="torch")
+    assert "forward" not in back.stem.__dict__ and "forward" not in back.block.__dict__
+    assert [type(m) for m in back.modules()] == [type(m) for m in net.modules()]
+    net.load_state_dict(back.state_dict(), strict=True)
+
+
+def test_converted_forward_survives_deepcopy_and_pickling():
+    torch.manual_seed(1)
+    kern = cnnkern.convert(_Net().double()).eval()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    buffer = io.BytesIO()
+    torch.save(kern, buffer)
+    buffer.seek(0)
+    for other in (copy.deepcopy(kern), torch.load(buffer, weights_only=False)):
+        torch.testing.assert_close(other(x), kern(x), rtol=0, atol=0)
+        assert other.stem.__dict__["forward"].module is other.stem  # its own children, not kern's
+
+
+class _DataDependent(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(2)
+
+    def forward(self, x):
+        return F.relu(self.bn(x)) if x.sum() > 0 else -x
+
+
+class _ModeDependent(_DataDependent):
+    def forward(self, x):
+        return F.relu(self.bn(x)) * (2 if self.training else 1)
+
+
+class _OwnParameter(_DataDependent):
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return F.relu(self.bn(x)) * self.scale
+
+
+@pytest.mark.parametrize("cls,why", [(_DataDependent, "forward() does not trace with torch.fx (TraceError"),
+                                     (_ModeDependent, "forward() differs between train and eval mode"),
+                                     (_OwnParameter, "forward() reads its own parameters")])
+def test_forward_that_cannot_be_rewritten_is_left_alone_and_reported(cls, why):
+    kern, report = cnnkern.convert(cls(), report=True)
+    assert "forward" not in kern.__dict__ and type(kern.bn) is nn.BatchNorm2d
+    ((path, kind, reason),) = report.left
+    assert (path, kind) == ("bn", "BatchNorm2d") and reason.startswith(why), reason
+    assert report.untraced[0][1] == cls.__name__
+
+
+def test_sequential_fusion_and_lone_batchnorms_are_reported():
+    net = nn.Sequential(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2), nn.ReLU(), nn.BatchNorm2d(2), nn.ReLU6())
+    _, report = cnnkern.convert(net, report=True)
+    assert report.fused == [("1", "nn.Sequential")]
+    assert report.left == [("3", "BatchNorm2d", "not followed only by a ReLU")]
