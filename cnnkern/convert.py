@@ -78,15 +78,23 @@ def _recast(module: nn.Module, cls: type) -> nn.Module:
     return module
 
 
-def _fuse_sequential(seq: nn.Sequential) -> list:
-    names, fused = list(seq._modules), []
-    for a, b in zip(names, names[1:]):
-        bn, relu = seq._modules[a], seq._modules[b]
-        if type(bn) is nn.BatchNorm2d and type(relu) is nn.ReLU:
+def _fuse_sequential(seq: nn.Sequential) -> tuple:
+    """Fuses seq's BatchNorm2d -> ReLU neighbours; returns the fused names and (name, why) for the
+    other BatchNorm2d."""
+    names, fused, left = list(seq._modules), [], []
+    for a, b in zip(names, names[1:] + [None]):
+        bn, after = seq._modules[a], seq._modules[b] if b is not None else None
+        if type(bn) is not nn.BatchNorm2d:
+            continue
+        if type(after) is nn.ReLU:
             seq._modules[a] = _recast(bn, K.BatchNormReLU2d)
-            seq._modules[b] = FusedReLU(relu.inplace)
+            seq._modules[b] = FusedReLU(after.inplace)
             fused.append(a)
-    return fused
+        else:
+            what = _OTHER_ACTIVATIONS.get(type(after), type(after).__name__)
+            left.append((a, f"followed by {what} in its nn.Sequential" if after is not None
+                         else "last in its nn.Sequential (what its output goes to is not seen)"))
+    return fused, left
 
 
 def _unfuse_sequential(seq: nn.Sequential) -> None:
@@ -314,8 +322,9 @@ def _own_forward(module: nn.Module) -> bool:
 def _convert(module: nn.Module, to: str, path: str = "", report: ConversionReport | None = None) -> nn.Module:
     if to == "cnnkern":
         if isinstance(module, nn.Sequential):
-            for name in _fuse_sequential(module):
-                report.fused.append((_join(path, name), "nn.Sequential"))
+            fused, left = _fuse_sequential(module)
+            report.fused += [(_join(path, name), "nn.Sequential") for name in fused]
+            report.left += [(_join(path, name), "BatchNorm2d", why) for name, why in left]
         elif _own_forward(module):
             _rewrite_forward(module, path, report)
     else:

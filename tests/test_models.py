@@ -279,4 +279,4 @@ def test_sequential_fusion_and_lone_batchnorms_are_reported():
     net = nn.Sequential(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2), nn.ReLU(), nn.BatchNorm2d(2), nn.ReLU6())
     _, report = cnnkern.convert(net, report=True)
     assert report.fused == [("1", "nn.Sequential")]
-    assert report.left == [("3", "BatchNorm2d", "not followed only by a ReLU")]
+    assert report.left == [("3", "BatchNorm2d", "followed by ReLU6 in its nn.Sequential")]
