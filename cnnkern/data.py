@@ -137,6 +137,10 @@ _SPECS = {
         (0.2860,), (0.3530,),
         ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
         _IDX_FILES),
+    # Any data set in MNIST's file format (train-/t10k- images and labels): found only where it is
+    # put (--data-dir), never downloaded, no published checksums; its classes are its labels
+    # 0..max, its mean and std those of its training images.
+    "idx": _Spec("idx", "MNIST-format IDX data", (), (), (), (), (), (), _IDX_FILES),
     "cifar10": _Spec(
         "cifar10", "CIFAR-10", ("cifar10/cifar-10-batches-py", "cifar-10-batches-py"),
         ("https://www.cs.toronto.edu/~kriz/",),
@@ -180,9 +184,10 @@ def _file_in(spec: _Spec, directory: Path, stem: str) -> Path | None:
 def _search(spec: _Spec, data_dir=None) -> tuple[Path | None, list[tuple[Path, str]]]:
     """The first directory holding all of the data set's files, and what each searched one held."""
     roots = [Path(data_dir).expanduser()] if data_dir is not None else []
-    if os.environ.get("CNNKERN_DATA"):
-        roots.append(Path(os.environ["CNNKERN_DATA"]).expanduser())
-    roots.append(_cache_root())
+    if spec.downloads:  # (a generic IDX set is only where it was put: the cache may hold MNIST)
+        if os.environ.get("CNNKERN_DATA"):
+            roots.append(Path(os.environ["CNNKERN_DATA"]).expanduser())
+        roots.append(_cache_root())
     dirs: list[Path] = []
     for root in roots:
         # The per-data-set folder first: a root holding MNIST files directly may also hold fashion-mnist/.
@@ -346,7 +351,9 @@ def _not_found(spec: _Spec, searched: list[tuple[Path, str]], failures: list[str
         files = f"cifar-10-batches-py/ ({files}, batches.meta)"
     lines = [f"{spec.title} not found. Looked in:"]
     lines += [f"  {d}  ({what})" for d, what in searched]
-    if failures is None:
+    if not spec.downloads:
+        lines.append(f"{spec.title} has no download: pass the directory that holds it.")
+    elif failures is None:
         lines.append("Download was not attempted (download=False).")
     else:
         lines.append("Download failed:")
@@ -384,7 +391,7 @@ class ImageDataset:
                 f"image={tuple(self.train_images.shape[1:])}, source={self.source!r}, is_sample={self.is_sample})")
 
 
-def _load_idx_split(spec: _Spec, directory: Path, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_idx_split(spec: _Spec, directory: Path, prefix: str, verify: bool) -> tuple[torch.Tensor, torch.Tensor]:
     out = []
     for kind in ("images", "labels"):
         stem = f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte"
@@ -397,12 +404,13 @@ def _load_idx_split(spec: _Spec, directory: Path, prefix: str) -> tuple[torch.Te
                              f"got {tensor.dtype} {tuple(tensor.shape)}")
         official = {"train": 60000, "t10k": 10000}[prefix]
         # Only the full official files have a published checksum; md5 of 47 MB is ~0.1 s.
-        if stem in spec.raw_md5 and len(tensor) == official:
+        if verify and stem in spec.raw_md5 and len(tensor) == official:
             md5 = hashlib.md5(data, usedforsecurity=False).hexdigest()
             if md5 != spec.raw_md5[stem]:
                 raise ValueError(f"{path}: not the official {spec.title} file (MD5 of its contents is {md5}, "
                                  f"expected {spec.raw_md5[stem]}). Delete it and download it again, "
-                                 "or replace it with the original file.")
+                                 "or replace it with the original file (or, if it is a copy you "
+                                 "changed on purpose, load it with verify=False / --no-verify).")
         out.append(tensor)
     images, labels = out
     if len(images) != len(labels):
@@ -458,11 +466,18 @@ def _load_cifar(directory: Path) -> tuple[torch.Tensor, ...]:
             torch.from_numpy(np.ascontiguousarray(test_x)), torch.from_numpy(test_y))
 
 
-def _read_dataset(spec: _Spec, directory: Path) -> ImageDataset:
+def _read_dataset(spec: _Spec, directory: Path, verify: bool = True) -> ImageDataset:
     classes = list(spec.classes)
+    mean, std = spec.mean, spec.std
     if _is_idx(spec):
-        train_x, train_y = _load_idx_split(spec, directory, "train")
-        test_x, test_y = _load_idx_split(spec, directory, "t10k")
+        train_x, train_y = _load_idx_split(spec, directory, "train", verify)
+        test_x, test_y = _load_idx_split(spec, directory, "t10k", verify)
+        if spec.name == "idx":
+            if not len(train_y):
+                raise ValueError(f"{directory}: no training images")
+            classes = [str(i) for i in range(int(max(train_y.max(), test_y.max() if len(test_y) else 0)) + 1)]
+            pixels = train_x.double() / 255
+            mean, std = (pixels.mean().item(),), (max(pixels.std().item(), 1e-6),)
     else:
         train_x, train_y, test_x, test_y = _load_cifar(directory)
         if (directory / "batches.meta").is_file():
@@ -472,22 +487,26 @@ def _read_dataset(spec: _Spec, directory: Path) -> ImageDataset:
     for split, y in (("train", train_y), ("test", test_y)):
         if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes)):
             raise ValueError(f"{directory}: {split} labels outside 0..{len(classes) - 1}")
-    return ImageDataset(spec.name, train_x, train_y, test_x, test_y, classes, spec.mean, spec.std,
+    return ImageDataset(spec.name, train_x, train_y, test_x, test_y, classes, mean, std,
                         str(directory), directory.resolve() == SAMPLE_DIR)
 
 
 def load_dataset(name: str, data_dir=None, *, download: bool = True, allow_sample: bool = False,
-                 progress: bool = True) -> ImageDataset:
-    """Load "mnist", "fashion-mnist" or "cifar10" as uint8 tensors on the CPU.
+                 progress: bool = True, verify: bool = True) -> ImageDataset:
+    """Load "mnist", "fashion-mnist", "cifar10", or "idx" (any MNIST-format data set in
+    `data_dir`) as uint8 tensors on the CPU.
 
     Searches like find_dataset; if absent, downloads (when `download`) to $CNNKERN_DATA or
     ~/.cache/cnnkern. If that fails too, MNIST with `allow_sample` falls back to the shipped
     sample (is_sample=True); otherwise DatasetNotFoundError says where it looked and what to do.
-    A corrupt file raises ValueError naming it."""
+    A corrupt file raises ValueError naming it; verify=False skips the check of the official
+    files' checksums (downloads are always checked)."""
     spec = _spec(name)
+    if spec.name == "idx" and data_dir is None:
+        raise ValueError('load_dataset("idx") needs data_dir: the directory holding the IDX files')
     directory, searched = _search(spec, data_dir)
     failures: list[str] | None = None
-    if directory is None and download:
+    if directory is None and download and spec.downloads:
         failures = []
         directory = _fetch_dataset(spec, progress, failures)
     if directory is None:
@@ -495,7 +514,7 @@ def load_dataset(name: str, data_dir=None, *, download: bool = True, allow_sampl
             directory = SAMPLE_DIR
         else:
             raise _not_found(spec, searched, failures)
-    return _read_dataset(spec, directory)
+    return _read_dataset(spec, directory, verify)
 
 
 # --------------------------------------------------------------------------- device loader

@@ -129,15 +129,52 @@ MODELS: dict[str, ModelSpec] = {
         _cifar_fast),
 }
 
-DEFAULT_MODEL = {"mnist": "mnist-lenet", "cifar10": "cifar-lenet5"}
+DEFAULT_MODEL = {"mnist": "mnist-lenet", "fashion-mnist": "mnist-lenet", "idx": "mnist-lenet",
+                 "cifar10": "cifar-lenet5"}
+# Data sets a model's recipe data set stands for: every MNIST-format set has MNIST's image shape.
+FAMILY = {"mnist": "mnist", "fashion-mnist": "mnist", "idx": "mnist", "cifar10": "cifar10"}
+
+TORCHVISION = "torchvision:"
+# How `torchvision:NAME` models train on CIFAR-10: a short ResNet-style recipe (SGD, one-cycle,
+# crop and flip), bfloat16 and channels_last on a GPU.
+TORCHVISION_RECIPE = Recipe("cifar10", epochs=10, batch_size=128, lr=0.05, optimizer="sgd", momentum=0.9,
+                            nesterov=True, weight_decay=5e-4, schedule="onecycle", warmup_frac=0.15,
+                            crop_padding=4, flip=True, gpu_dtype="bfloat16", gpu_channels_last=True,
+                            note="a torchvision model, converted by cnnkern.convert")
+
+
+def _torchvision_models():
+    try:
+        import torchvision
+    except ImportError:
+        raise ValueError(f"{TORCHVISION}NAME models need torchvision (pip install torchvision)") from None
+    return torchvision.models
+
+
+def _torchvision_model(name: str) -> nn.Module:
+    return _torchvision_models().get_model(name, weights=None, num_classes=10)
+
+
+def spec(name: str) -> ModelSpec:
+    """The spec of model `name`: one of MODELS, or `torchvision:NAME` (any classification model of
+    torchvision.models, untrained, 10 classes, for CIFAR-10's 3x32x32 images)."""
+    if name in MODELS:
+        return MODELS[name]
+    if name.startswith(TORCHVISION) and name != TORCHVISION:
+        tv = name[len(TORCHVISION):]
+        zoo = _torchvision_models()
+        if tv not in zoo.list_models(module=zoo):
+            raise ValueError(f"torchvision has no classification model {tv!r} "
+                             f"(torchvision.models.list_models(module=torchvision.models))")
+        return ModelSpec(name, (3, 32, 32), 10, TORCHVISION_RECIPE, lambda: _torchvision_model(tv))
+    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}, or {TORCHVISION}NAME")
 
 
 def build(name: str, layers: str = "cnnkern") -> nn.Module:
-    """Model `name` with cnnkern layers (layers="cnnkern") or torch.nn layers
-    (layers="torch"), freshly initialised by torch's own initialisers."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    """Model `name` (see spec()) with cnnkern layers (layers="cnnkern", through cnnkern.convert)
+    or torch.nn layers (layers="torch"), freshly initialised by torch's own initialisers."""
+    model_spec = spec(name)
     if layers not in ("cnnkern", "torch"):
         raise ValueError(f"layers must be 'cnnkern' or 'torch', got {layers!r}")
-    model = MODELS[name].factory()
+    model = model_spec.factory()
     return convert(model, inplace=True) if layers == "cnnkern" else model

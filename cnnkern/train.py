@@ -1,4 +1,4 @@
-"""`python -m cnnkern train {mnist,cifar10}`: train a model of cnnkern.models.
+"""`python -m cnnkern train {mnist,fashion-mnist,idx,cifar10}`: train a model of cnnkern.models.
 
 Defaults reproduce each model's recipe (cnnkern.models.MODELS). The data live
 on the device as one tensor (cnnkern.data.DeviceLoader); every epoch prints its
@@ -29,8 +29,11 @@ CHECKPOINT = "checkpoint.pt"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", choices=sorted(M.DEFAULT_MODEL), help="data set to train on")
-    parser.add_argument("--model", choices=sorted(M.MODELS), help="model (default: mnist-lenet / cifar-lenet5)")
+    parser.add_argument("dataset", choices=sorted(M.DEFAULT_MODEL),
+                        help="data set to train on (idx: any MNIST-format data set, in --data-dir)")
+    parser.add_argument("--model", type=_model_name, metavar="{" + ",".join(sorted(M.MODELS)) + ",torchvision:NAME}",
+                        help="model (default: mnist-lenet, or cifar-lenet5 for cifar10); torchvision:NAME is "
+                             "torchvision.models' NAME (e.g. torchvision:resnet18) for cifar10, converted")
     parser.add_argument("--epochs", type=int, help="epochs to train (default: the model's recipe)")
     parser.add_argument("--batch-size", type=int, help="training batch size (default: the recipe's)")
     parser.add_argument("--lr", type=float, help="learning rate (peak rate for a one-cycle schedule)")
@@ -43,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="parameter and activation dtype (default: float32; the recipe's on a GPU)")
     parser.add_argument("--data-dir", help="directory with the data set (else $CNNKERN_DATA, ~/.cache/cnnkern)")
     parser.add_argument("--no-download", action="store_true", help="never download the data set")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="do not check the official files' checksums (a copy of the data set you changed)")
     parser.add_argument("--seed", type=int, default=1, help="seed for initialisation, shuffling, augmentation")
     parser.add_argument("--out", help="output directory (default: runs/<model>)")
     parser.add_argument("--resume", metavar="CKPT", help="continue from this checkpoint.pt")
@@ -56,11 +61,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _model_name(name: str) -> str:
+    try:
+        M.spec(name)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return name
+
+
 def recipe_config(model: str, *, device: str = "cpu", layers: str = "cnnkern", backend: str | None = None,
                   seed: int = 1, **overrides) -> dict:
     """A run's full configuration: model `model`'s recipe, with `overrides` (any
-    key of the result, e.g. epochs=1, lr=0.05) taking precedence."""
-    r = M.MODELS[model].recipe
+    key of the result, e.g. epochs=1, lr=0.05, dataset="fashion-mnist") taking precedence."""
+    r = M.spec(model).recipe
     gpu = device == "cuda"
     cfg = {
         "dataset": r.dataset, "model": model, "layers": layers, "backend": backend, "device": device,
@@ -68,7 +81,7 @@ def recipe_config(model: str, *, device: str = "cpu", layers: str = "cnnkern", b
         "epochs": r.epochs, "batch_size": r.batch_size, "lr": r.lr, "optimizer": r.optimizer,
         "momentum": r.momentum, "nesterov": r.nesterov, "weight_decay": r.weight_decay,
         "label_smoothing": r.label_smoothing, "schedule": r.schedule, "warmup_frac": r.warmup_frac,
-        "crop_padding": r.crop_padding, "flip": r.flip, "seed": seed, "compile": False,
+        "crop_padding": r.crop_padding, "flip": r.flip, "seed": seed, "compile": False, "verify": True,
     }
     unknown = set(overrides) - set(cfg)
     if unknown:
@@ -80,13 +93,14 @@ def recipe_config(model: str, *, device: str = "cpu", layers: str = "cnnkern", b
 def _config(args: argparse.Namespace) -> dict:
     """The command line's configuration: explicit flags over the model's recipe."""
     model = args.model or M.DEFAULT_MODEL[args.dataset]
-    if M.MODELS[model].recipe.dataset != args.dataset:
-        raise SystemExit(f"model {model} is for {M.MODELS[model].recipe.dataset}, not {args.dataset}")
+    if M.FAMILY[M.spec(model).recipe.dataset] != M.FAMILY[args.dataset]:
+        raise SystemExit(f"model {model} is for {M.spec(model).recipe.dataset}-shaped images, not {args.dataset}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available (use --device cpu)")
     flags = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer,
-             "dtype": args.dtype, "compile": args.compile or None}
+             "dtype": args.dtype, "compile": args.compile or None, "dataset": args.dataset,
+             "verify": False if args.no_verify else None}
     return recipe_config(model, device=device, layers=args.layers, backend=args.backend, seed=args.seed,
                          **{key: value for key, value in flags.items() if value is not None})
 
@@ -113,14 +127,20 @@ def make_schedule(optimizer: torch.optim.Optimizer, cfg: dict, total_steps: int)
 
 def load_data(cfg: dict, data_dir: str | None, download: bool) -> D.ImageDataset:
     try:
-        return D.load_dataset(cfg["dataset"], data_dir, download=download)
-    except D.DatasetNotFoundError as exc:
-        if cfg["dataset"] != "mnist":
+        data = D.load_dataset(cfg["dataset"], data_dir, download=download, verify=cfg.get("verify", True))
+    except (D.DatasetNotFoundError, ValueError) as exc:
+        if cfg["dataset"] != "mnist" or not isinstance(exc, D.DatasetNotFoundError):
             raise SystemExit(str(exc)) from None
         data = D.load_dataset("mnist", data_dir, download=False, allow_sample=True)
         print(f"MNIST not found and not downloadable: training on the {len(data.train_labels):,}-image sample "
               f"shipped with cnnkern (pass --data-dir for the full set)", flush=True)
-        return data
+    spec = M.spec(cfg["model"])
+    shape = tuple(data.train_images.shape[1:])
+    if shape != spec.input_shape or len(data.classes) > spec.num_classes:
+        raise SystemExit(f"model {cfg['model']} takes {'x'.join(map(str, spec.input_shape))} images in at most "
+                         f"{spec.num_classes} classes; {data.source} has {'x'.join(map(str, shape))} images in "
+                         f"{len(data.classes)} classes")
+    return data
 
 
 def evaluate(model: torch.nn.Module, loader: D.DeviceLoader) -> tuple[float, float]:

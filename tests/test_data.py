@@ -230,7 +230,7 @@ def test_not_found_lists_where_it_looked(tmp_path, isolated, monkeypatch):
 
 
 def test_unknown_name():
-    with pytest.raises(ValueError, match="known: mnist, fashion-mnist, cifar10"):
+    with pytest.raises(ValueError, match="known: mnist, fashion-mnist, idx, cifar10"):
         data.find_dataset("imagenet")
 
 

@@ -155,3 +155,75 @@ def test_compiled_training_steps_match_eager(tmp_path):
     assert runs[True].keys() == runs[False].keys()
     for key in runs[False]:
         torch.testing.assert_close(runs[True][key], runs[False][key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+# ---- the command on any MNIST-format data set, and on torchvision models ----
+
+def _idx_set(directory, n_train=48, n_test=16, size=28, classes=3, seed=0):
+    """A small MNIST-format data set whose classes a net can tell apart (class k lights row band k)."""
+    import numpy as np
+    from test_data import write_mnist
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, classes, n).astype(np.uint8)
+        images = rng.integers(0, 40, (n, size, size)).astype(np.uint8)
+        for i, k in enumerate(labels):
+            images[i, 8 * k:8 * k + 6] = 255
+        arrays[f"{split}-images-idx3-ubyte"], arrays[f"{split}-labels-idx1-ubyte"] = images, labels
+    return write_mnist(directory, arrays)
+
+
+@pytest.mark.parametrize("dataset", ["idx", "fashion-mnist"])
+def test_command_trains_on_an_mnist_format_directory(tmp_path, dataset):
+    data_dir, out = _idx_set(tmp_path / "data"), tmp_path / "run"
+    result = _run("train", dataset, "--data-dir", str(data_dir), "--no-download", "--epochs", "3", "--lr", "0.05",
+                  "--out", str(out), "--quiet", env_extra={"CNNKERN_DATA": str(tmp_path / "none"),
+                                                           "HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["dataset"] == dataset and metrics["config"]["model"] == "mnist-lenet"
+    assert len(metrics["epochs"]) == 3 and metrics["epochs"][-1]["test_accuracy"] > 50.0, metrics["epochs"]
+    ds = D.load_dataset(dataset, data_dir, download=False)
+    if dataset == "idx":  # its classes from its labels, mean and std from its training images
+        assert ds.classes == ["0", "1", "2"]
+        pixels = ds.train_images.double() / 255
+        assert ds.mean == pytest.approx((pixels.mean().item(),)) and ds.std == pytest.approx((pixels.std().item(),))
+
+
+def test_command_refuses_idx_data_it_cannot_train_on(tmp_path):
+    result = _run("train", "idx", "--out", str(tmp_path / "run"))
+    assert result.returncode != 0 and "needs data_dir" in result.stderr
+    small = _idx_set(tmp_path / "small", size=20)
+    result = _run("train", "idx", "--data-dir", str(small), "--out", str(tmp_path / "run"))
+    assert result.returncode != 0 and "takes 1x28x28 images" in result.stderr and "1x20x20" in result.stderr
+    result = _run("train", "mnist", "--model", "torchvision:resnet18", "--out", str(tmp_path / "run"))
+    assert result.returncode != 0 and "is for cifar10-shaped images" in result.stderr
+    assert _run("train", "cifar10", "--model", "torchvision:no_such_net").returncode == 2
+
+
+def test_official_checksums_are_checked_unless_told_not_to(tmp_path):
+    import numpy as np
+    from test_data import write_mnist
+    arrays = {"train-images-idx3-ubyte": np.zeros((60000, 28, 28), np.uint8),
+              "train-labels-idx1-ubyte": np.zeros(60000, np.uint8),
+              "t10k-images-idx3-ubyte": np.zeros((10000, 28, 28), np.uint8),
+              "t10k-labels-idx1-ubyte": np.zeros(10000, np.uint8)}
+    directory = write_mnist(tmp_path / "mnist", arrays, gz=False)  # the official sizes, not its contents
+    with pytest.raises(ValueError, match="not the official MNIST file"):
+        D.load_dataset("mnist", directory, download=False)
+    assert len(D.load_dataset("mnist", directory, download=False, verify=False).train_labels) == 60000
+
+
+def test_torchvision_model_trains_on_cifar10_converted(tmp_path):
+    from test_data import write_cifar
+    write_cifar(tmp_path / "cifar" / "cifar-10-batches-py", per_batch=4)
+    cfg = _config("torchvision:resnet18", epochs=1, batch_size=8, dataset="cifar10")
+    assert cfg["optimizer"] == "sgd" and cfg["crop_padding"] == 4
+    history = train.train(cfg, tmp_path / "run", data_dir=tmp_path / "cifar", download=False, progress=False)
+    assert len(history) == 1 and history[0]["train_loss"] > 0
+    net = models.build("torchvision:resnet18")
+    assert sum(type(m) is cnnkern.BatchNormReLU2d for m in net.modules()) == 9
+    assert sum(type(m) is cnnkern.Conv2d for m in net.modules()) == 20
+    with pytest.raises(ValueError, match="unknown model"):
+        models.spec("resnet18")
