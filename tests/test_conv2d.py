@@ -185,6 +185,28 @@ def test_tf32_rounds_fp32_operands_only_when_allowed(backend_device, allow):
                    for u in operands), (got.flatten()[:4], [of(u) for u in operands])
 
 
+# Depthwise convs (one input channel per group), which the cpu backend runs as direct loops, not
+# GEMMs: channel multipliers 1, 2 and 3, strides, dilation, padding past the kernel, odd and prime
+# sizes, batch 1 (C=1 with groups=1 is a plain conv, tested with CASES).
+DEPTHWISE_CASES = {
+    "c5-m1-3x3-s2-p1": dict(x=(2, 5, 9, 8), k=5, kernel=(3, 3), stride=2, padding=1, groups=5),
+    "c4-m2-3x2-d2-p(2,1)": dict(x=(1, 4, 7, 6), k=8, kernel=(3, 2), padding=(2, 1), dilation=2, groups=4),
+    "c3-m3-5x5-p2": dict(x=(3, 3, 5, 7), k=9, kernel=(5, 5), padding=2, groups=3),
+    "c6-m1-1x1-s(1,2)": dict(x=(2, 6, 4, 5), k=6, kernel=(1, 1), stride=(1, 2), groups=6, bias=False),
+    "c16-m1-3x3-p1": dict(x=(2, 16, 4, 4), k=16, kernel=(3, 3), padding=1, groups=16),
+    # planes over 256 pixels: the cpu backend's NCHW (planes) order rather than channels_last copies
+    "c3-m2-3x3-s(1,2)-d(2,1)-17x19": dict(x=(1, 3, 17, 19), k=6, kernel=(3, 3), stride=(1, 2), padding=1,
+                                          dilation=(2, 1), groups=3),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", sorted(DEPTHWISE_CASES))
+def test_depthwise(backend_device, name, layout, dtype):
+    check_against_torch(DEPTHWISE_CASES[name], dtype, *backend_device, layout)
+
+
 def test_weight_gradient_is_bitwise_reproducible_in_deterministic_mode(backend_device):
     """torch.use_deterministic_algorithms(True): the weight and bias gradients
     come out bit for bit the same run after run (the triton backend then sums
