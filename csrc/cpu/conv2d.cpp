@@ -23,6 +23,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 #include "../ops/conv2d_common.h"
@@ -156,6 +157,23 @@ bool channels_inner(const Conv2dShape& s) { return s.x_stride[1] == 1 && s.y_str
 constexpr int64_t kSmallPlane = 256;
 bool via_channels_last(const Conv2dShape& s) {
   return !channels_inner(s) && s.H * s.W <= kSmallPlane && s.P * s.Q <= kSmallPlane;
+}
+
+// The x-side and y-side tensors a depthwise pass runs on, with s's strides set
+// from them: x and y themselves, or, via_channels_last, channels_last copies of
+// them (of an output side, *_out, only its allocation: the caller copies back).
+std::pair<at::Tensor, at::Tensor> depthwise_operands(Conv2dShape& s, const at::Tensor& x, bool x_out,
+                                                     const at::Tensor& y, bool y_out) {
+  fill_strides(s.x_stride, x);
+  fill_strides(s.y_stride, y);
+  if (!via_channels_last(s)) return {x, y};
+  const auto cl = [](const at::Tensor& t, bool out) {
+    return out ? at::empty_like(t, at::MemoryFormat::ChannelsLast) : t.contiguous(at::MemoryFormat::ChannelsLast);
+  };
+  std::pair<at::Tensor, at::Tensor> copies{cl(x, x_out), cl(y, y_out)};
+  fill_strides(s.x_stride, copies.first);
+  fill_strides(s.y_stride, copies.second);
+  return copies;
 }
 
 // The weight (K, 1, R, S) as acc_t, either (k, r, s) or, for the channels order, (r, s, k).
@@ -392,14 +410,9 @@ at::Tensor conv2d_forward(const at::Tensor& input, const at::Tensor& weight, con
 
   const auto acc = acc_dtype(input.scalar_type());
   if (depthwise(s)) {
-    fill_strides(s.y_stride, y);
-    at::Tensor x = input, out = y;
-    if (via_channels_last(s)) {
-      x = input.contiguous(at::MemoryFormat::ChannelsLast);
-      out = at::empty_like(y, at::MemoryFormat::ChannelsLast);
-      fill_strides(s.x_stride, x);
-      fill_strides(s.y_stride, out);
-    }
+    const auto operands = depthwise_operands(s, input, false, y, true);
+    // (no structured bindings: C++17 lambdas cannot capture them)
+    const at::Tensor &x = operands.first, &out = operands.second;
     const at::Tensor w = depthwise_weight(weight, channels_inner(s));
     const std::optional<at::Tensor> b = bias.has_value() ? std::optional(bias->detach().to(acc).contiguous()) : std::nullopt;
     CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_conv2d_depthwise_cpu", [&] {
@@ -448,15 +461,8 @@ at::Tensor conv2d_backward_input(const at::Tensor& grad_output, const at::Tensor
     at::Tensor dx = at::empty(input.sizes(), input.options().memory_format(format));
     if (dx.numel() == 0) return dx;
     if (grad_output.numel() == 0) return dx.zero_();
-    fill_strides(s.x_stride, dx);
-    fill_strides(s.y_stride, grad_output);
-    at::Tensor dy = grad_output, out = dx;
-    if (via_channels_last(s)) {
-      dy = grad_output.contiguous(at::MemoryFormat::ChannelsLast);
-      out = at::empty_like(dx, at::MemoryFormat::ChannelsLast);
-      fill_strides(s.x_stride, out);
-      fill_strides(s.y_stride, dy);
-    }
+    const auto operands = depthwise_operands(s, dx, true, grad_output, false);
+    const at::Tensor &out = operands.first, &dy = operands.second;
     const at::Tensor w = depthwise_weight(weight, channels_inner(s));
     CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_conv2d_depthwise_dgrad_cpu", [&] {
       using A = acc_t<scalar_t>;
@@ -498,17 +504,11 @@ at::Tensor conv2d_backward_weight(const at::Tensor& grad_output, const at::Tenso
   check_grad_output(grad_output, input, s);
   const auto acc = acc_dtype(input.scalar_type());
   if (depthwise(s)) {
-    fill_strides(s.y_stride, grad_output);
     at::Tensor dw = at::empty(weight.sizes(), weight.options().memory_format(weight.suggest_memory_format()));
     if (dw.numel() == 0) return dw;
     if (s.N == 0 || s.P * s.Q == 0) return dw.zero_();
-    at::Tensor x = input, dy = grad_output;
-    if (via_channels_last(s)) {
-      x = input.contiguous(at::MemoryFormat::ChannelsLast);
-      dy = grad_output.contiguous(at::MemoryFormat::ChannelsLast);
-      fill_strides(s.x_stride, x);
-      fill_strides(s.y_stride, dy);
-    }
+    const auto operands = depthwise_operands(s, input, false, grad_output, false);
+    const at::Tensor &x = operands.first, &dy = operands.second;
     at::Tensor sums;
     CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_conv2d_depthwise_wgrad_cpu", [&] {
       sums = depthwise_backward_weight<scalar_t, acc_t<scalar_t>>(s, dy.const_data_ptr<scalar_t>(),
