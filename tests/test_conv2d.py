@@ -10,21 +10,24 @@ from cnnkern import functional as CF
 from conftest import LAYOUTS, assert_close, make_input
 
 # (N, C, H, W), out channels, kernel, and conv arguments.
-CASES = [
-    dict(x=(1, 1, 5, 5), k=1, kernel=(3, 3), padding=1),
-    dict(x=(2, 3, 7, 11), k=4, kernel=(3, 3), padding=1),
-    dict(x=(3, 1, 13, 13), k=5, kernel=(5, 5)),  # the MNIST first layer's shape family
-    dict(x=(1, 3, 17, 19), k=7, kernel=(3, 5), stride=(2, 3), padding=(1, 2)),
-    dict(x=(2, 4, 9, 9), k=6, kernel=(2, 2), stride=3),  # stride larger than the kernel
-    dict(x=(2, 5, 11, 7), k=3, kernel=(3, 3), padding=2, dilation=2),
-    dict(x=(2, 6, 8, 10), k=4, kernel=(3, 1), padding=(1, 0), dilation=(2, 1), groups=2),
-    dict(x=(2, 8, 7, 7), k=8, kernel=(3, 3), stride=2, padding=1, groups=8),  # depthwise
-    dict(x=(1, 6, 5, 5), k=12, kernel=(1, 1), groups=3),
-    dict(x=(2, 3, 6, 6), k=2, kernel=(6, 6)),  # kernel covers the whole input
-    dict(x=(1, 2, 3, 4), k=3, kernel=(5, 5), padding=2),  # kernel larger than the unpadded input
-    dict(x=(2, 3, 10, 10), k=16, kernel=(3, 3), padding=1, bias=False),
-    dict(x=(4, 17, 7, 5), k=33, kernel=(3, 3), padding=1),  # prime channel counts past one tile
-]
+NAMED_CASES = {
+    "c1-k1-3x3-p1": dict(x=(1, 1, 5, 5), k=1, kernel=(3, 3), padding=1),
+    "c3-k4-3x3-p1": dict(x=(2, 3, 7, 11), k=4, kernel=(3, 3), padding=1),
+    "c1-k5-5x5": dict(x=(3, 1, 13, 13), k=5, kernel=(5, 5)),  # the MNIST first layer's shape family
+    "c3-k7-3x5-s2x3": dict(x=(1, 3, 17, 19), k=7, kernel=(3, 5), stride=(2, 3), padding=(1, 2)),
+    "c4-k6-2x2-s3": dict(x=(2, 4, 9, 9), k=6, kernel=(2, 2), stride=3),  # stride larger than the kernel
+    "c5-k3-3x3-d2": dict(x=(2, 5, 11, 7), k=3, kernel=(3, 3), padding=2, dilation=2),
+    "c6-k4-3x1-d2x1-g2": dict(x=(2, 6, 8, 10), k=4, kernel=(3, 1), padding=(1, 0), dilation=(2, 1), groups=2),
+    "c8-k8-3x3-s2-depthwise": dict(x=(2, 8, 7, 7), k=8, kernel=(3, 3), stride=2, padding=1, groups=8),
+    "c6-k12-1x1-g3": dict(x=(1, 6, 5, 5), k=12, kernel=(1, 1), groups=3),
+    "c3-k2-6x6-whole-input": dict(x=(2, 3, 6, 6), k=2, kernel=(6, 6)),  # kernel covers the whole input
+    "c2-k3-5x5-past-input": dict(x=(1, 2, 3, 4), k=3, kernel=(5, 5), padding=2),  # kernel larger than the unpadded input
+    "c3-k16-3x3-no-bias": dict(x=(2, 3, 10, 10), k=16, kernel=(3, 3), padding=1, bias=False),
+    "c17-k33-3x3-prime": dict(x=(4, 17, 7, 5), k=33, kernel=(3, 3), padding=1),  # prime channel counts past one tile
+}
+CASES = list(NAMED_CASES.values())
+
+
 def case_id(case):
     parts = ["x" + "x".join(map(str, case["x"])), f"k{case['k']}", "r" + "x".join(map(str, case["kernel"]))]
     parts += [f"{key}{case[key]}" for key in ("stride", "padding", "dilation", "groups", "bias") if key in case]
@@ -91,14 +94,16 @@ def test_float64_matches_torch(backend_device, case, layout):
         assert expected == torch.channels_last
 
 
-DTYPE_CASES = [CASES[1], CASES[3], CASES[7], CASES[12]]
+DTYPE_CASES = [NAMED_CASES[name] for name in ("c3-k4-3x3-p1", "c3-k7-3x5-s2x3", "c8-k8-3x3-s2-depthwise",
+                                               "c17-k33-3x3-prime")]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", DTYPE_CASES, ids=case_id)
 def test_reduced_precision_matches_float64_reference(backend_device, case, dtype):
     backend, device = backend_device
-    check_against_torch(case, dtype, backend, device, "channels_last" if case is CASES[12] else "contiguous")
+    layout = "channels_last" if case is NAMED_CASES["c17-k33-3x3-prime"] else "contiguous"
+    check_against_torch(case, dtype, backend, device, layout)
 
 
 # The channel-blocked kernels of the triton backend (16 or more channels in a
@@ -150,7 +155,7 @@ def test_channel_blocked_channels_last_weight(backend_device, name, dtype):
 TF32_CASES = {**{name: BLOCKED_CASES[name] for name in ("c17-k33-3x3", "c32-k20-3x3-s2", "c16-k24-1x1-p1",
                                                         "c24-k32-3x3-d2", "c32-k48-3x3-g2",
                                                         "c18-k17-5x3-s2x3-d2x1", "c16-k16-2x2-s3")},
-              **{case_id(case): case for case in (CASES[3], CASES[7])}}
+              **{name: NAMED_CASES[name] for name in ("c3-k7-3x5-s2x3", "c8-k8-3x3-s2-depthwise")}}
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
@@ -358,7 +363,9 @@ def test_op_guards_against_bad_shapes(ns):
 
 def _opcheck_samples(device):
     gen = torch.Generator().manual_seed(5)
-    for layout, case in (("contiguous", CASES[3]), ("channels_last", CASES[6]), ("strided", CASES[7])):
+    for layout, name in (("contiguous", "c3-k7-3x5-s2x3"), ("channels_last", "c6-k4-3x1-d2x1-g2"),
+                         ("strided", "c8-k8-3x3-s2-depthwise")):
+        case = NAMED_CASES[name]
         for requires_grad in (False, True):
             x, w, b = make_operands(case, torch.float32, device, layout)
             if requires_grad:

@@ -14,18 +14,19 @@ from conftest import LAYOUTS, assert_close, make_input
 MAX_CASES = [
     dict(x=(1, 1, 1, 1), kernel_size=1),
     dict(x=(2, 3, 5, 5), kernel_size=2, stride=2, ceil_mode=True),  # 5 -> 3: the last window is one column
-    dict(x=(2, 3, 6, 6), kernel_size=3, stride=2, padding=1, ceil_mode=True),
+    MAX_PADDED_CEIL := dict(x=(2, 3, 6, 6), kernel_size=3, stride=2, padding=1, ceil_mode=True),
     dict(x=(2, 3, 9, 9), kernel_size=3, stride=3, padding=1, ceil_mode=True),  # a 4th window would start in padding
     dict(x=(1, 4, 7, 11), kernel_size=(2, 3), stride=(1, 2), dilation=(2, 1)),
     dict(x=(3, 1, 13, 13), kernel_size=2),  # MNIST LeNet's pooling, odd input
     dict(x=(2, 5, 8, 8), kernel_size=8),  # global
     dict(x=(1, 2, 6, 7), kernel_size=3, stride=1, padding=1),
-    dict(x=(2, 17, 11, 7), kernel_size=(3, 2), stride=(2, 3), padding=(1, 1), dilation=(1, 2), ceil_mode=True),
+    MAX_ODD := dict(x=(2, 17, 11, 7), kernel_size=(3, 2), stride=(2, 3), padding=(1, 1), dilation=(1, 2),
+                    ceil_mode=True),
     # Triton's paths (interpreter tiles: 16-channel blocks, strips of 4 windows, rows of 8 columns).
     # NCHW kernel == stride inside the input is the "strip" forward; it also takes the backward when the
     # windows tile the input exactly; channels_last takes the [pixels, channels] tiles.
-    dict(x=(1, 16, 4, 8), kernel_size=2),  # strip both ways; one whole channel block
-    dict(x=(2, 17, 7, 10), kernel_size=2),  # a partial channel block; 5 windows: masked strip; H odd: rows bwd
+    MAX_STRIP := dict(x=(1, 16, 4, 8), kernel_size=2),  # strip both ways; one whole channel block
+    MAX_MASKED_STRIP := dict(x=(2, 17, 7, 10), kernel_size=2),  # a partial channel block; 5 windows: masked strip; H odd: rows bwd
     dict(x=(1, 3, 8, 16), kernel_size=4),  # a 4-column window strip
     dict(x=(2, 1, 9, 12), kernel_size=(3, 1)),  # 1-column windows, three strip blocks, C=1
     dict(x=(2, 3, 7, 7), kernel_size=2, padding=1),  # kernel == stride but padded: one window per pixel
@@ -37,14 +38,14 @@ MAX_CASES = [
 AVG_CASES = [
     dict(x=(1, 1, 1, 1), kernel_size=1),
     dict(x=(2, 3, 5, 5), kernel_size=2, stride=2, ceil_mode=True),
-    dict(x=(2, 3, 6, 6), kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+    AVG_PADDED_CEIL := dict(x=(2, 3, 6, 6), kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
     dict(x=(2, 3, 6, 6), kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=True),
     dict(x=(2, 3, 9, 9), kernel_size=3, stride=3, padding=1, ceil_mode=True, count_include_pad=False),
     dict(x=(1, 4, 7, 11), kernel_size=(2, 3), stride=(1, 2), divisor_override=5),
     dict(x=(2, 5, 8, 8), kernel_size=8),
-    dict(x=(2, 17, 11, 7), kernel_size=(3, 2), stride=(2, 3), padding=(1, 1)),
-    dict(x=(1, 16, 4, 8), kernel_size=2),  # Triton's strip both ways
-    dict(x=(2, 17, 7, 10), kernel_size=2, divisor_override=3),  # partial channel block, masked strip, rows bwd
+    AVG_ODD := dict(x=(2, 17, 11, 7), kernel_size=(3, 2), stride=(2, 3), padding=(1, 1)),
+    AVG_STRIP := dict(x=(1, 16, 4, 8), kernel_size=2),  # Triton's strip both ways
+    AVG_MASKED_STRIP := dict(x=(2, 17, 7, 10), kernel_size=2, divisor_override=3),  # partial channel block, masked strip, rows bwd
     dict(x=(1, 3, 8, 16), kernel_size=4, ceil_mode=True),  # 4-column strip (ceil_mode adds no window here)
     dict(x=(2, 1, 9, 12), kernel_size=(3, 1)),  # 1-column strip
     dict(x=(2, 3, 7, 7), kernel_size=2, padding=1, count_include_pad=False),  # one window per pixel, padded
@@ -53,11 +54,11 @@ AVG_CASES = [
 ]
 ADAPTIVE_CASES = [
     dict(x=(2, 3, 8, 8), output_size=1),  # global average pooling
-    dict(x=(2, 3, 7, 11), output_size=(3, 5)),
+    ADAPTIVE_ODD := dict(x=(2, 3, 7, 11), output_size=(3, 5)),
     dict(x=(1, 2, 3, 3), output_size=(4, 4)),  # larger than the input: overlapping windows
     dict(x=(2, 4, 9, 6), output_size=(None, 2)),
     dict(x=(1, 17, 5, 5), output_size=(5, 5)),
-    dict(x=(2, 17, 7, 7), output_size=1),  # global: a partial channel block, a 49-position plane (masked)
+    ADAPTIVE_GLOBAL_MASKED := dict(x=(2, 17, 7, 7), output_size=1),  # global: a partial channel block, a 49-position plane (masked)
     dict(x=(1, 3, 1, 9), output_size=(1, 1)),  # global over a single row
 ]
 
@@ -113,8 +114,8 @@ def test_adaptive_avg_pool2d_matches_torch(backend_device, case, layout):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("op,case", [("max_pool2d", MAX_CASES[8]), ("avg_pool2d", AVG_CASES[7]),
-                                     ("adaptive_avg_pool2d", ADAPTIVE_CASES[1])], ids=["max", "avg", "adaptive"])
+@pytest.mark.parametrize("op,case", [("max_pool2d", MAX_ODD), ("avg_pool2d", AVG_ODD),
+                                     ("adaptive_avg_pool2d", ADAPTIVE_ODD)], ids=["max", "avg", "adaptive"])
 def test_reduced_precision(backend_device, op, case, dtype):
     backend, device = backend_device
     x, y, y_ref, dx, dx_ref = run(op, case, dtype, device, "channels_last")
@@ -159,10 +160,10 @@ def _saved(fn):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("op,case", [
-    ("max_pool2d", MAX_CASES[9]), ("max_pool2d", MAX_CASES[10]),
-    ("max_pool2d", dict(MAX_CASES[10], return_indices=True)), ("max_pool2d", MAX_CASES[2]),
-    ("avg_pool2d", AVG_CASES[8]), ("avg_pool2d", AVG_CASES[9]), ("avg_pool2d", AVG_CASES[2]),
-    ("adaptive_avg_pool2d", ADAPTIVE_CASES[5])], ids=lambda v: v if isinstance(v, str) else case_id(v))
+    ("max_pool2d", MAX_STRIP), ("max_pool2d", MAX_MASKED_STRIP),
+    ("max_pool2d", dict(MAX_MASKED_STRIP, return_indices=True)), ("max_pool2d", MAX_PADDED_CEIL),
+    ("avg_pool2d", AVG_STRIP), ("avg_pool2d", AVG_MASKED_STRIP), ("avg_pool2d", AVG_PADDED_CEIL),
+    ("adaptive_avg_pool2d", ADAPTIVE_GLOBAL_MASKED)], ids=lambda v: v if isinstance(v, str) else case_id(v))
 def test_every_path_in_every_dtype(backend_device, op, case, layout, dtype):
     backend, device = backend_device
     x, y, y_ref, dx, dx_ref = run(op, case, dtype, device, layout)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import cnnkern
-from test_conv2d import CASES, check_against_torch
+from test_conv2d import NAMED_CASES, check_against_torch
 
 pytestmark = pytest.mark.skipif("triton" not in cnnkern.available_backends("cpu"),
                                 reason="needs triton and TRITON_INTERPRET=1")
@@ -44,8 +44,8 @@ def test_every_flat_gpu_config_in_the_interpreter(config, monkeypatch):
     from cnnkern.kernels import conv2d as K
     monkeypatch.setattr(K, "_pick_flat", lambda *args, **kwargs: config)
     with cnnkern.use_backend("triton"):
-        check_against_torch(CASES[6], torch.float64, "triton", "cpu", "strided")  # grouped, dilated
-        check_against_torch(CASES[3], torch.float16, "triton", "cpu")  # 3 channels, strided, 3x5
+        check_against_torch(NAMED_CASES["c6-k4-3x1-d2x1-g2"], torch.float64, "triton", "cpu", "strided")  # grouped, dilated
+        check_against_torch(NAMED_CASES["c3-k7-3x5-s2x3"], torch.float16, "triton", "cpu")  # 3 channels, strided, 3x5
 
 
 def test_autotuned_path_in_the_interpreter(monkeypatch):
@@ -58,7 +58,7 @@ def test_autotuned_path_in_the_interpreter(monkeypatch):
         monkeypatch.setattr(tuner, "cache", {})
     with cnnkern.use_backend("triton"):
         check_against_torch(BLOCKED_CASES["c32-k20-3x3-s2"], torch.float32, "triton", "cpu", "channels_last")
-        check_against_torch(CASES[3], torch.float32, "triton", "cpu")
+        check_against_torch(NAMED_CASES["c3-k7-3x5-s2x3"], torch.float32, "triton", "cpu")
     assert all(tuner.cache for tuner in K._TUNED.values())  # every conv kernel went through its autotuner
 
 

@@ -1,6 +1,6 @@
 // Torch-facing wrappers of the Conv2d GPU launchers, shared by the real CUDA
-// build (csrc/cuda/conv2d_ops.cpp, dispatch key CUDA, namespace cnnkern) and
-// its host emulation (csrc/emu/conv2d_ops.cpp, key CPU, namespace cnnkern_emu).
+// build (csrc/cuda/ops.cpp: dispatch key CUDA of the cnnkern op namespace) and
+// its host emulation (csrc/emu/ops.cpp: key CPU of the cnnkern_emu namespace).
 // The includer defines CNNKERN_GPU_NS and `gpu_stream_t current_stream(const at::Tensor&)`
 // before including this file.
 #pragma once
