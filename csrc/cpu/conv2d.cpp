@@ -471,10 +471,10 @@ at::Tensor conv2d_backward_input(const at::Tensor& grad_output, const at::Tensor
     });
     return out.is_same(dx) ? dx : dx.copy_(out);
   }
-  // col2im accumulates, so dx starts at zero, in the accumulator type.
-  // (at::zeros would drop the memory format: allocate, then zero.)
-  at::Tensor dx = at::empty(input.sizes(), input.options().dtype(acc).memory_format(format)).zero_();
-  if (dx.numel() == 0 || grad_output.numel() == 0) return dx.to(input.scalar_type());
+  // col2im accumulates into dx, in the accumulator type: each thread zeroes its
+  // chunk's images just before, while they are about to be in its cache anyway.
+  at::Tensor dx = at::empty(input.sizes(), input.options().dtype(acc).memory_format(format));
+  if (dx.numel() == 0 || grad_output.numel() == 0) return dx.zero_().to(input.scalar_type());
   fill_strides(s.x_stride, dx);
 
   const int64_t Kg = s.k_per_group(), CRS = s.c_per_group() * s.R * s.S, PQ = s.P * s.Q;
@@ -485,6 +485,7 @@ at::Tensor conv2d_backward_input(const at::Tensor& grad_output, const at::Tensor
     for_each_chunk(s.N, chunk, weight.numel() * PQ, [&](int64_t n0, int64_t nb) {
       const at::Tensor dy = at::empty({Kg, nb * PQ}, dx.options().memory_format(at::MemoryFormat::Contiguous));
       at::Tensor dcol = at::empty({CRS, nb * PQ}, dy.options());
+      dx.narrow(0, n0, nb).zero_();
       for (int64_t g = 0; g < groups; ++g) {
         dy.view({Kg, nb, s.P, s.Q}).copy_(chunk_view(grad_output, n0, nb, g, Kg));
         at::mm_out(dcol, w_rows[g].t(), dy);
@@ -518,8 +519,12 @@ at::Tensor conv2d_backward_weight(const at::Tensor& grad_output, const at::Tenso
     return dw.copy_((channels_inner(s) ? sums.t() : sums).reshape(weight.sizes()));
   }
   const int64_t Kg = s.k_per_group(), CRS = s.c_per_group() * s.R * s.S, PQ = s.P * s.Q;
-  // One partial per thread, summed in thread order: repeatable for a given thread count.
-  at::Tensor partial = at::zeros({at::get_num_threads(), groups, Kg, CRS}, input.options().dtype(acc));
+  // One partial per thread, summed in thread order: repeatable for a given thread
+  // count. A thread's first chunk writes its partial (no zero-fill of a buffer
+  // the size of the weight per thread); partials no thread wrote are skipped.
+  const int64_t threads = at::get_num_threads();
+  at::Tensor partial = at::empty({threads, groups, Kg, CRS}, input.options().dtype(acc));
+  std::vector<char> wrote(static_cast<size_t>(threads), 0);
   if (s.N > 0 && weight.numel() > 0) {
     const int64_t chunk = images_per_chunk(s, at::elementSize(acc));
     CNNKERN_DISPATCH_FLOATS(input.scalar_type(), "cnnkern_conv2d_wgrad_cpu", [&] {
@@ -528,17 +533,32 @@ at::Tensor conv2d_backward_weight(const at::Tensor& grad_output, const at::Tenso
       for_each_chunk(s.N, chunk, weight.numel() * PQ, [&](int64_t n0, int64_t nb) {
         const at::Tensor col = at::empty({CRS, nb * PQ}, input.options().dtype(acc));
         const at::Tensor dy = at::empty({Kg, nb * PQ}, col.options());
-        const at::Tensor mine = partial[at::get_thread_num()];
+        const int64_t thread = at::get_thread_num();
+        const at::Tensor mine = partial[thread];
         for (int64_t g = 0; g < groups; ++g) {
           im2col(x, s, n0, nb, g, col.data_ptr<A>());
           dy.view({Kg, nb, s.P, s.Q}).copy_(chunk_view(grad_output, n0, nb, g, Kg));
-          mine[g].addmm_(dy, col.t());
+          if (wrote[thread]) {
+            mine[g].addmm_(dy, col.t());
+          } else {
+            at::Tensor out = mine[g];
+            at::mm_out(out, dy, col.t());
+          }
         }
+        wrote[thread] = 1;
       });
     });
   }
   at::Tensor dw = at::empty(weight.sizes(), weight.options().memory_format(weight.suggest_memory_format()));
-  return dw.copy_(partial.sum(0).view(weight.sizes()));
+  std::optional<at::Tensor> total;
+  for (int64_t t = 0; t < threads; ++t) {
+    if (!wrote[t]) continue;
+    if (total.has_value())
+      total->add_(partial[t]);  // into the first written partial: ours, no new buffer
+    else
+      total = partial[t];
+  }
+  return total.has_value() ? dw.copy_(total->view(weight.sizes())) : dw.zero_();
 }
 
 at::Tensor conv2d_backward_bias(const at::Tensor& grad_output) {
