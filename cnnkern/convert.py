@@ -319,7 +319,7 @@ def _own_forward(module: nn.Module) -> bool:
             and any(True for _ in module.children()))
 
 
-def _convert(module: nn.Module, to: str, path: str = "", report: ConversionReport | None = None) -> nn.Module:
+def _convert(module: nn.Module, to: str, path: str, report: ConversionReport) -> nn.Module:
     if to == "cnnkern":
         if isinstance(module, nn.Sequential):
             fused, left = _fuse_sequential(module)
@@ -337,10 +337,9 @@ def _convert(module: nn.Module, to: str, path: str = "", report: ConversionRepor
     table = _TO_CNNKERN if to == "cnnkern" else _TO_TORCH
     cls = table.get(type(module))
     if cls is not None:
-        if report is not None:
-            report.swapped.append((path, type(module).__name__, cls.__name__))
+        report.swapped.append((path, type(module).__name__, cls.__name__))
         return _recast(module, cls)
-    if report is not None and isinstance(module, _KERNEL_LAYERS) and type(module) not in _TO_TORCH \
+    if isinstance(module, _KERNEL_LAYERS) and type(module) not in _TO_TORCH \
             and type(module) is not nn.BatchNorm2d:
         report.left.append((path, type(module).__name__, "a subclass of a torch.nn layer (its forward may differ)"))
     return module

@@ -24,6 +24,9 @@ inline bool allow_tf32(at::ScalarType t) {
   return t == at::kFloat && at::globalContext().allowTF32CuDNN(at::Float32Op::CONV);
 }
 
+// Whether a pass of dtype t runs on tensor cores: fp16/bf16 always, fp32 when tf32.
+inline bool on_tensor_cores(at::ScalarType t, bool tf32) { return is_16_bit(t) || tf32; }
+
 // The channel multiple a tensor-core pass's 16-byte operand copies need (8
 // halves or 4 floats).
 inline int64_t chunk_elems(at::ScalarType t) { return 16 / static_cast<int64_t>(c10::elementSize(t)); }
@@ -49,7 +52,7 @@ inline at::Tensor conv2d_op(const at::Tensor& input, const at::Tensor& weight, c
   fill_strides(s.y_stride, y);
   const std::optional<at::Tensor> b = bias.has_value() ? std::optional(bias->contiguous()) : std::nullopt;
   const bool tf32 = allow_tf32(input.scalar_type());
-  const bool fast = (is_16_bit(input.scalar_type()) || tf32) && s.c_per_group() % chunk_elems(input.scalar_type()) == 0;
+  const bool fast = on_tensor_cores(input.scalar_type(), tf32) && s.c_per_group() % chunk_elems(input.scalar_type()) == 0;
   const at::Tensor x = channels_inner(input, fast), w = channels_inner(weight, fast);
   fill_strides(s.x_stride, x);
   fill_strides(s.w_stride, w);
@@ -74,7 +77,7 @@ inline at::Tensor conv2d_backward_input_op(const at::Tensor& grad_output, const 
   // channels-contiguous and the weight with k innermost: one small copy packs
   // it as (c, r, s, k), viewed as (k, c, r, s).
   const bool tf32 = allow_tf32(input.scalar_type());
-  const bool fast = (is_16_bit(input.scalar_type()) || tf32) && s.k_per_group() % chunk_elems(input.scalar_type()) == 0;
+  const bool fast = on_tensor_cores(input.scalar_type(), tf32) && s.k_per_group() % chunk_elems(input.scalar_type()) == 0;
   const at::Tensor dy = channels_inner(grad_output, fast);
   const at::Tensor w = fast ? weight.permute({1, 2, 3, 0}).contiguous().permute({3, 0, 1, 2}) : weight;
   fill_strides(s.x_stride, dx);
@@ -98,7 +101,7 @@ inline at::Tensor conv2d_backward_weight_op(const at::Tensor& grad_output, const
   fill_strides(s.w_stride, dw);
   const bool tf32 = allow_tf32(input.scalar_type());
   const int64_t e = chunk_elems(input.scalar_type());
-  const bool fast = (is_16_bit(input.scalar_type()) || tf32) && s.c_per_group() % e == 0 && s.k_per_group() % e == 0;
+  const bool fast = on_tensor_cores(input.scalar_type(), tf32) && s.c_per_group() % e == 0 && s.k_per_group() % e == 0;
   const at::Tensor dy = channels_inner(grad_output, fast), x = channels_inner(input, fast);
   fill_strides(s.y_stride, dy);
   fill_strides(s.x_stride, x);
