@@ -8,9 +8,9 @@
 from . import _ops  # noqa: F401  (loads the compiled and Triton ops)
 from . import functional
 from ._backend import BACKENDS, available_backends, current_backend, use_backend
-from .modules import AdaptiveAvgPool2d, AvgPool2d, BatchNormReLU2d, Conv2d, MaxPool2d
+from .modules import AdaptiveAvgPool2d, AvgPool2d, BatchNormAct2d, BatchNormReLU2d, Conv2d, MaxPool2d
 from .convert import convert
 from . import models
 
-__all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "BACKENDS", "BatchNormReLU2d", "Conv2d", "MaxPool2d", "available_backends", "convert", "models", "current_backend", "functional", "use_backend"]
+__all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "BACKENDS", "BatchNormAct2d", "BatchNormReLU2d", "Conv2d", "MaxPool2d", "available_backends", "convert", "models", "current_backend", "functional", "use_backend"]
 __version__ = "0.1.0"

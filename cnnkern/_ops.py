@@ -168,13 +168,14 @@ def _stat_dtype(input):
 
 
 def _batch_norm_relu_fake(input, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum,
-                          eps):
+                          eps, activation="relu"):
     # running_mean, running_var and num_batches_tracked are updated in place: nothing to allocate for them
     stat = input.new_empty((input.shape[1],), dtype=_stat_dtype(input))
     return empty_like_format(input.shape, input), stat, stat.clone()
 
 
-def _batch_norm_relu_backward_fake(grad_output, output, input, mean, var, weight, training, eps):
+def _batch_norm_relu_backward_fake(grad_output, output, input, mean, var, weight, training, eps, bias=None,
+                                   activation="relu"):
     stat = input.new_empty((input.shape[1],), dtype=_stat_dtype(input))
     return empty_like_format(input.shape, input), stat, stat.clone()
 
@@ -264,14 +265,15 @@ def _adaptive_avg_pool2d_backward_for(ns):
     return backward
 
 
-# batch_norm_relu(input, weight, bias, running_mean!, running_var!, num_batches_tracked!, training, momentum, eps):
-# the op updates the three buffers itself; they never require grad and get None gradients.
-_BATCH_NORM_NONDIFF = (None,) * 6  # running_mean, running_var, num_batches_tracked, training, momentum, eps
+# batch_norm_relu(input, weight, bias, running_mean!, running_var!, num_batches_tracked!, training, momentum, eps,
+# activation): the op updates the three buffers itself; they never require grad and get None gradients.
+_BATCH_NORM_NONDIFF = (None,) * 7  # running_mean, running_var, num_batches_tracked, training, momentum, eps, activation
 
 
 def _batch_norm_relu_triton_setup_context(ctx, inputs, output):
-    # The Triton backward recomputes the ReLU mask from the input: y is not kept.
-    input, weight, bias, _, _, _, ctx.training, _, ctx.eps = inputs
+    # The Triton backward recomputes the activation's derivative from the input: y is not kept.
+    input, weight, bias, _, _, _, ctx.training, _, ctx.eps, *activation = inputs
+    ctx.activation = activation[0] if activation else "relu"
     _, mean, var = output
     ctx.save_for_backward(input, mean, var, weight, bias)
     ctx.mark_non_differentiable(mean, var)
@@ -284,7 +286,8 @@ def _batch_norm_relu_triton_backward_for(ns):
             return (None,) * 3 + _BATCH_NORM_NONDIFF
         input, mean, var, weight, bias = ctx.saved_tensors
         mask = [bool(m) for m in ctx.needs_input_grad[:3]]
-        dx, dw, db = ns.batch_norm_relu_backward(grad, input, mean, var, weight, bias, ctx.training, ctx.eps, mask)
+        dx, dw, db = ns.batch_norm_relu_backward(grad, input, mean, var, weight, bias, ctx.training, ctx.eps, mask,
+                                                 ctx.activation)
         return (dx if mask[0] else None, dw if mask[1] and weight is not None else None,
                 db if mask[2] and bias is not None else None) + _BATCH_NORM_NONDIFF
 

@@ -7,13 +7,18 @@ keys are unchanged. Only modules whose type is exactly a torch.nn class are
 converted (a user subclass may override forward, so it is left alone).
 
 Fusion: a BatchNorm2d whose output goes only into a ReLU becomes one
-BatchNormReLU2d.
-- Inside an nn.Sequential, the ReLU's slot then holds a FusedReLU placeholder,
-  so the indices, and therefore the state_dict keys, do not move.
+BatchNormReLU2d; into a ReLU6, SiLU or Hardswish, one BatchNormAct2d with that
+activation. Every other BatchNorm2d becomes a BatchNormAct2d with
+activation="identity" (cnnkern's kernels, nothing fused), and the report says
+why it was not fused.
+- Inside an nn.Sequential, the activation's slot then holds a FusedActivation
+  placeholder (FusedReLU for a ReLU), so the indices, and therefore the
+  state_dict keys, do not move.
 - In any other module, its forward() is traced with torch.fx (its children as
   opaque calls), so a ReLU called there as a module (`self.relu`, shared or
-  not) or as a function (F.relu, torch.relu, x.relu()) is found too. The module
-  then runs that graph, with the ReLU calls after fused BatchNorms taken out and
+  not) or as a function (F.relu, torch.relu, x.relu(), F.relu6, F.silu,
+  F.hardswish) is found too. The module then runs that graph, with the
+  activation calls after fused BatchNorms taken out and
   its functional pooling (F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, a
   mean over H and W) routed to cnnkern's ops: an instance attribute `forward`
   runs the code fx generates from the rewritten graph, with the module as
@@ -47,20 +52,45 @@ from . import functional as CF
 from . import modules as K
 
 
-class FusedReLU(nn.Identity):
+class FusedActivation(nn.Identity):
+    """Placeholder left where an activation module was fused into the BatchNorm before it."""
+
+    def __init__(self, activation: str, inplace: bool = False):
+        super().__init__()
+        self.activation, self.inplace = activation, inplace
+
+
+class FusedReLU(FusedActivation):
     """Placeholder left where a ReLU was fused into the BatchNormReLU2d before it."""
 
     def __init__(self, inplace: bool = False):
-        super().__init__()
-        self.inplace = inplace
+        super().__init__("relu", inplace)
 
 
-class BatchNorm2dReLU(nn.BatchNorm2d):
-    """relu(nn.BatchNorm2d(x)) with torch's kernels: what a BatchNormReLU2d that
-    has no FusedReLU placeholder after it converts back to."""
+# The activations cnnkern fuses: the torch.nn module and functions of each.
+_ACT_MODULES = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "hardswish": nn.Hardswish}
+_ACT_OF_MODULE = {cls: name for name, cls in _ACT_MODULES.items()}
+_ACT_OF_FUNCTION = {F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu_: "relu", F.relu6: "relu6",
+                    F.silu: "silu", F.hardswish: "hardswish"}
+_ACT_OF_METHOD = {"relu": "relu", "relu_": "relu"}
+_ACT_FUNCTIONS = {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "hardswish": F.hardswish}
+# activations a BatchNorm is often followed by, not fused: named in the report
+_OTHER_ACTIVATIONS = {nn.GELU: "GELU", F.gelu: "GELU"}
+
+
+class BatchNorm2dAct(nn.BatchNorm2d):
+    """act(nn.BatchNorm2d(x)) with torch's kernels: what a BatchNormAct2d that has no
+    FusedActivation placeholder after it converts back to."""
+
+    activation = "relu"
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.relu(super().forward(input))
+        return _ACT_FUNCTIONS[self.activation](super().forward(input))
+
+
+class BatchNorm2dReLU(BatchNorm2dAct):
+    """relu(nn.BatchNorm2d(x)) with torch's kernels: what a BatchNormReLU2d that
+    has no FusedReLU placeholder after it converts back to."""
 
 
 _TO_CNNKERN = {
@@ -69,6 +99,7 @@ _TO_CNNKERN = {
     nn.AvgPool2d: K.AvgPool2d,
     nn.AdaptiveAvgPool2d: K.AdaptiveAvgPool2d,
     BatchNorm2dReLU: K.BatchNormReLU2d,
+    BatchNorm2dAct: K.BatchNormAct2d,
 }
 _TO_TORCH = {v: k for k, v in _TO_CNNKERN.items()}
 
@@ -78,41 +109,55 @@ def _recast(module: nn.Module, cls: type) -> nn.Module:
     return module
 
 
+def _fuse(bn: nn.BatchNorm2d, activation: str) -> nn.Module:
+    """bn as cnnkern's fused BatchNorm ending in activation."""
+    if activation == "relu":
+        return _recast(bn, K.BatchNormReLU2d)
+    _recast(bn, K.BatchNormAct2d).activation = activation
+    return bn
+
+
+def _unfuse(bn: nn.Module) -> nn.Module:
+    """A fused BatchNorm as the plain nn.BatchNorm2d it came from (the activation is restored elsewhere)."""
+    bn.__dict__.pop("activation", None)
+    return _recast(bn, nn.BatchNorm2d)
+
+
+def _placeholder(activation: str, inplace: bool) -> FusedActivation:
+    return FusedReLU(inplace) if activation == "relu" else FusedActivation(activation, inplace)
+
+
 def _fuse_sequential(seq: nn.Sequential) -> tuple:
-    """Fuses seq's BatchNorm2d -> ReLU neighbours; returns the fused names and (name, why) for the
-    other BatchNorm2d."""
-    names, fused, left = list(seq._modules), [], []
+    """Fuses seq's BatchNorm2d -> activation neighbours; returns (name, activation) of the fused
+    and (name, why) of the other BatchNorm2d."""
+    names, fused, alone = list(seq._modules), [], []
     for a, b in zip(names, names[1:] + [None]):
         bn, after = seq._modules[a], seq._modules[b] if b is not None else None
         if type(bn) is not nn.BatchNorm2d:
             continue
-        if type(after) is nn.ReLU:
-            seq._modules[a] = _recast(bn, K.BatchNormReLU2d)
-            seq._modules[b] = FusedReLU(after.inplace)
-            fused.append(a)
+        activation = _ACT_OF_MODULE.get(type(after))
+        if activation is not None:
+            seq._modules[a] = _fuse(bn, activation)
+            seq._modules[b] = _placeholder(activation, after.inplace)
+            fused.append((a, activation))
         else:
             what = _OTHER_ACTIVATIONS.get(type(after), type(after).__name__)
-            left.append((a, f"followed by {what} in its nn.Sequential" if after is not None
-                         else "last in its nn.Sequential (what its output goes to is not seen)"))
-    return fused, left
+            alone.append((a, f"followed by {what} in its nn.Sequential" if after is not None
+                          else "last in its nn.Sequential (what its output goes to is not seen)"))
+    return fused, alone
 
 
 def _unfuse_sequential(seq: nn.Sequential) -> None:
     names = list(seq._modules)
     for a, b in zip(names, names[1:]):
         bn, placeholder = seq._modules[a], seq._modules[b]
-        if type(bn) is K.BatchNormReLU2d and type(placeholder) is FusedReLU:
-            seq._modules[a] = _recast(bn, nn.BatchNorm2d)
-            seq._modules[b] = nn.ReLU(placeholder.inplace)
+        if isinstance(bn, K.BatchNormAct2d) and isinstance(placeholder, FusedActivation):
+            seq._modules[b] = _ACT_MODULES[bn.activation](placeholder.inplace)
+            seq._modules[a] = _unfuse(bn)
 
 
 # ---- forward() graphs -----------------------------------------------------------
 
-_RELU_FUNCTIONS = (F.relu, torch.relu, torch.relu_, F.relu_)
-_RELU_METHODS = ("relu", "relu_")
-# activations a BatchNorm is often followed by, not fused (yet): named in the report
-_OTHER_ACTIVATIONS = {nn.ReLU6: "ReLU6", nn.SiLU: "SiLU", nn.Hardswish: "Hardswish", nn.GELU: "GELU",
-                      F.relu6: "ReLU6", F.silu: "SiLU", F.hardswish: "Hardswish", F.gelu: "GELU"}
 _POOL_FUNCTIONS = {F.max_pool2d: CF.max_pool2d, F.max_pool2d_with_indices: CF.max_pool2d,
                    F.avg_pool2d: CF.avg_pool2d, F.adaptive_avg_pool2d: CF.adaptive_avg_pool2d}
 _HW_DIMS = ({2, 3}, {-2, -1}, {2, -1}, {-2, 3})
@@ -155,15 +200,18 @@ def _trace(module: nn.Module):
     return graphs[0], None
 
 
-def _relu_node(module: nn.Module, node: fx.Node) -> bool:
-    """Whether node is relu(its first argument) and nothing else."""
-    if node.op == "call_module":
-        return type(module.get_submodule(node.target)) is nn.ReLU and len(node.args) == 1 and not node.kwargs
-    if node.op == "call_function":
-        return node.target in _RELU_FUNCTIONS and len(node.args) == 1 and set(node.kwargs) <= {"inplace"}
-    if node.op == "call_method":
-        return node.target in _RELU_METHODS and len(node.args) == 1 and not node.kwargs
-    return False
+def _activation_node(module: nn.Module, node: fx.Node) -> str | None:
+    """The activation node computes from its first argument and nothing else, or None."""
+    if node.op == "call_module" and len(node.args) == 1 and not node.kwargs:
+        return _ACT_OF_MODULE.get(type(module.get_submodule(node.target)))
+    if node.op == "call_function" and len(node.args) == 1 and set(node.kwargs) <= {"inplace"}:
+        try:
+            return _ACT_OF_FUNCTION.get(node.target)
+        except TypeError:  # an unhashable target is no activation of ours
+            return None
+    if node.op == "call_method" and len(node.args) == 1 and not node.kwargs:
+        return _ACT_OF_METHOD.get(node.target)
+    return None
 
 
 def _describe(module: nn.Module, node: fx.Node) -> str:
@@ -176,7 +224,7 @@ def _describe(module: nn.Module, node: fx.Node) -> str:
 
 
 def _rewrite_forward(module: nn.Module, path: str, report: "ConversionReport") -> None:
-    """Fuse module's BatchNorm2d -> ReLU pairs and route its functional pools, through its fx graph."""
+    """Fuse module's BatchNorm2d -> activation pairs and route its functional pools, through its fx graph."""
     bn_sites = collections.defaultdict(list)
     for child_name, child in module.named_children():
         if type(child) is nn.BatchNorm2d:
@@ -184,7 +232,7 @@ def _rewrite_forward(module: nn.Module, path: str, report: "ConversionReport") -
     graph, why = _trace(module)
     if graph is None:
         for name in bn_sites:
-            report.left.append((_join(path, name), "BatchNorm2d", why))
+            report.alone.append((_join(path, name), why))
         if bn_sites:
             report.untraced.append((path or "(top)", type(module).__name__, why))
         return
@@ -194,19 +242,22 @@ def _rewrite_forward(module: nn.Module, path: str, report: "ConversionReport") -
     changed = False
     for name, sites in bn_sites.items():
         if not sites:
-            report.left.append((_join(path, name), "BatchNorm2d", "not called by forward()"))
+            report.alone.append((_join(path, name), "not called by forward()"))
             continue
         users = [list(n.users) for n in sites]
-        if not all(len(u) == 1 and _relu_node(module, u[0]) and u[0].args[0] is n for u, n in zip(users, sites)):
+        acts = {_activation_node(module, u[0]) if len(u) == 1 and u[0].args[0] is n else None
+                for u, n in zip(users, sites)}
+        if len(acts) != 1 or None in acts:
             after = sorted({_describe(module, u) for us in users for u in us} or {"the output"})
-            report.left.append((_join(path, name), "BatchNorm2d",
-                                f"its output goes to {', '.join(after)}, not only to a ReLU"))
+            report.alone.append((_join(path, name), f"its output goes to {', '.join(after)}, "
+                                 "not only to one activation"))
             continue
-        for bn_node, (relu,) in zip(sites, users):
-            relu.replace_all_uses_with(bn_node)
-            graph.erase_node(relu)
-        _recast(module.get_submodule(name), K.BatchNormReLU2d)
-        report.fused.append((_join(path, name), "forward()"))
+        (activation,) = acts
+        for bn_node, (act,) in zip(sites, users):
+            act.replace_all_uses_with(bn_node)
+            graph.erase_node(act)
+        _fuse(module.get_submodule(name), activation)
+        report.fused.append((_join(path, name), "forward()", activation))
         changed = True
     for node in graph.nodes:
         if node.op == "call_function" and node.target in _POOL_FUNCTIONS:
@@ -270,8 +321,8 @@ def _restore_forward(module: nn.Module) -> None:
     if isinstance(module.__dict__.get("forward"), _GraphForward):
         del module.__dict__["forward"]
         for child in module.children():
-            if type(child) is K.BatchNormReLU2d:
-                _recast(child, nn.BatchNorm2d)
+            if isinstance(child, K.BatchNormAct2d):  # its activation is in forward() again
+                _unfuse(child)
 
 
 def _join(path: str, name: str) -> str:
@@ -286,20 +337,30 @@ def _qualname(fn) -> str:
 class ConversionReport:
     """What convert() did to a model (module paths as in named_modules())."""
     swapped: list = dataclasses.field(default_factory=list)   # (path, torch class, cnnkern class)
-    fused: list = dataclasses.field(default_factory=list)     # (BatchNorm path, "nn.Sequential" or "forward()")
+    fused: list = dataclasses.field(default_factory=list)     # (BatchNorm path, "nn.Sequential" or "forward()",
+    #                                                            activation)
+    alone: list = dataclasses.field(default_factory=list)     # (BatchNorm path, why nothing was fused into it)
     routed: list = dataclasses.field(default_factory=list)    # (module path, function)
-    left: list = dataclasses.field(default_factory=list)      # (path, class, why)
+    left: list = dataclasses.field(default_factory=list)      # (path, class, why): still torch's
     untraced: list = dataclasses.field(default_factory=list)  # (module path, class, why)
 
     def counts(self) -> dict:
         swapped = collections.Counter(cls for _, cls, _ in self.swapped)
         left = collections.Counter(cls for _, cls, _ in self.left)
-        return {"swapped": dict(swapped), "fused": len(self.fused), "routed": len(self.routed), "left": dict(left)}
+        fused = collections.Counter(act for _, _, act in self.fused)
+        return {"swapped": dict(swapped), "fused": dict(fused), "alone": len(self.alone),
+                "routed": len(self.routed), "left": dict(left)}
 
     def __str__(self) -> str:
         c = self.counts()
+        fused = ", ".join(f"{n} {act}" for act, n in sorted(c["fused"].items())) or "none"
         lines = ["cnnkern.convert: " + ", ".join(f"{n} {k}" for k, n in sorted(c["swapped"].items())) + " swapped; "
-                 f"{c['fused']} BatchNorm2d+ReLU fused; {c['routed']} functional pools routed"]
+                 f"BatchNorm2d+activation fused: {fused}; {c['alone']} BatchNorm2d alone; "
+                 f"{c['routed']} functional pools routed"]
+        if self.alone:
+            lines.append("BatchNorm2d with nothing fused (run as BatchNormAct2d(activation='identity')):")
+            why = collections.Counter(reason for _, reason in self.alone)
+            lines += [f"  {n} x {reason}" for reason, n in why.most_common()]
         if self.left:
             lines.append("left on torch:")
             why = collections.Counter((cls, reason) for _, cls, reason in self.left)
@@ -322,9 +383,9 @@ def _own_forward(module: nn.Module) -> bool:
 def _convert(module: nn.Module, to: str, path: str, report: ConversionReport) -> nn.Module:
     if to == "cnnkern":
         if isinstance(module, nn.Sequential):
-            fused, left = _fuse_sequential(module)
-            report.fused += [(_join(path, name), "nn.Sequential") for name in fused]
-            report.left += [(_join(path, name), "BatchNorm2d", why) for name, why in left]
+            fused, alone = _fuse_sequential(module)
+            report.fused += [(_join(path, name), "nn.Sequential", act) for name, act in fused]
+            report.alone += [(_join(path, name), why) for name, why in alone]
         elif _own_forward(module):
             _rewrite_forward(module, path, report)
     else:
@@ -334,13 +395,18 @@ def _convert(module: nn.Module, to: str, path: str, report: ConversionReport) ->
     for name, child in list(module._modules.items()):
         if child is not None:
             module._modules[name] = _convert(child, to, _join(path, name), report)
+    if to == "cnnkern" and type(module) is nn.BatchNorm2d:  # nothing fused into it (report.alone says why)
+        report.swapped.append((path, "BatchNorm2d", "BatchNormAct2d"))
+        return _fuse(module, "identity")
+    if to == "torch" and type(module) is K.BatchNormAct2d and module.activation == "identity":
+        report.swapped.append((path, "BatchNormAct2d", "BatchNorm2d"))
+        return _unfuse(module)
     table = _TO_CNNKERN if to == "cnnkern" else _TO_TORCH
     cls = table.get(type(module))
     if cls is not None:
         report.swapped.append((path, type(module).__name__, cls.__name__))
         return _recast(module, cls)
-    if isinstance(module, _KERNEL_LAYERS) and type(module) not in _TO_TORCH \
-            and type(module) is not nn.BatchNorm2d:
+    if isinstance(module, _KERNEL_LAYERS) and type(module) not in _TO_TORCH:
         report.left.append((path, type(module).__name__, "a subclass of a torch.nn layer (its forward may differ)"))
     return module
 
@@ -361,9 +427,9 @@ def convert(module: nn.Module, to: str = "cnnkern", *, inplace: bool = False, re
         module = copy.deepcopy(module)
     summary = ConversionReport()
     out = _convert(module, to, "", summary)
-    if to == "cnnkern":
-        reported = {p for p, _, _ in summary.left}
-        for path, m in out.named_modules():
-            if type(m) is nn.BatchNorm2d and path not in reported:
-                summary.left.append((path, "BatchNorm2d", "not followed only by a ReLU"))
+    if to == "cnnkern":  # BatchNorms outside any traced forward() or nn.Sequential
+        reported = {p for p, _ in summary.alone} | {p for p, _, _ in summary.fused}
+        summary.alone += [(path, "its parent's forward() is not traced (a torch.nn container or the top)")
+                          for path, m in out.named_modules()
+                          if isinstance(m, K.BatchNormAct2d) and m.activation == "identity" and path not in reported]
     return (out, summary) if report else out

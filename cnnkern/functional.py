@@ -380,8 +380,12 @@ def adaptive_avg_pool2d(input: torch.Tensor, output_size) -> torch.Tensor:
 def batch_norm_relu(input: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
                     weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, training: bool = False,
                     momentum: float | None = 0.1, eps: float = 1e-5, *,
-                    num_batches_tracked: torch.Tensor | None = None) -> torch.Tensor:
+                    num_batches_tracked: torch.Tensor | None = None, activation: str = "relu") -> torch.Tensor:
     """relu(F.batch_norm(...)) in one fused op, with F.batch_norm's arguments.
+
+    `activation` picks the function applied to the normalised output: "relu",
+    "relu6", "silu", "hardswish" (torch's F.relu, F.relu6, F.silu, F.hardswish)
+    or "identity" (F.batch_norm alone).
 
     Training normalises with the batch statistics (reduced in fp32 whatever the
     input dtype) and, when running statistics are given, the op updates them in
@@ -392,6 +396,8 @@ def batch_norm_relu(input: torch.Tensor, running_mean: torch.Tensor | None, runn
     1 / num_batches_tracked), as nn.BatchNorm2d does; without a counter,
     momentum=None is a factor of 0.
     """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
     if input.dim() != 4:
         raise ValueError(f"expected 4D input (got {input.dim()}D input)")
     _check_float(input, "batch_norm_relu")
@@ -409,8 +415,11 @@ def batch_norm_relu(input: torch.Tensor, running_mean: torch.Tensor | None, runn
         raise RuntimeError("batch_norm_relu: running_mean and running_var must be defined in evaluation mode")
     ops = _ops.ops_for(_backend.resolve(input.device))
     out, _, _ = ops.batch_norm_relu(input, weight, bias, running_mean, running_var, num_batches_tracked, training,
-                                    momentum, eps)
+                                    momentum, eps, activation)
     return out
 
 
-__all__ = ["adaptive_avg_pool2d", "avg_pool2d", "batch_norm_relu", "conv2d", "max_pool2d"]
+# The activations the fused BatchNorm ends in (csrc/include/cnnkern/activation.h).
+ACTIVATIONS = ("relu", "relu6", "silu", "hardswish", "identity")
+
+__all__ = ["ACTIVATIONS", "adaptive_avg_pool2d", "avg_pool2d", "batch_norm_relu", "conv2d", "max_pool2d"]

@@ -43,11 +43,25 @@ class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
         return CF.adaptive_avg_pool2d(input, self.output_size)
 
 
-class BatchNormReLU2d(nn.BatchNorm2d):
-    """relu(nn.BatchNorm2d(x)) in one fused op: nn.BatchNorm2d's constructor
-    arguments, state_dict keys and running-statistics rules (momentum=None is a
-    cumulative average; num_batches_tracked counts training batches). The op
-    updates the buffers itself: this forward issues no tensor ops of its own."""
+class BatchNormAct2d(nn.BatchNorm2d):
+    """act(nn.BatchNorm2d(x)) in one fused op, act one of cnnkern.functional.ACTIVATIONS
+    ("relu", "relu6", "silu", "hardswish", or "identity" for a plain BatchNorm2d):
+    nn.BatchNorm2d's constructor arguments, state_dict keys and running-statistics
+    rules (momentum=None is a cumulative average; num_batches_tracked counts training
+    batches), plus the keyword `activation`. The op updates the buffers itself: this
+    forward issues no tensor ops of its own."""
+
+    activation = "relu"  # also what a module recast to this class (cnnkern.convert) starts with
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, device=None, dtype=None, *, activation: str = "relu") -> None:
+        if activation not in CF.ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(CF.ACTIVATIONS)}, got {activation!r}")
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self.activation = activation
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, activation={self.activation}"
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         # nn.BatchNorm2d's choices (torch/nn/modules/batchnorm.py); the counter bump
@@ -59,4 +73,17 @@ class BatchNormReLU2d(nn.BatchNorm2d):
         return CF.batch_norm_relu(input, self.running_mean if keep_running else None,
                                   self.running_var if keep_running else None, self.weight, self.bias,
                                   batch_stats, self.momentum, self.eps,
-                                  num_batches_tracked=self.num_batches_tracked if tracking else None)
+                                  num_batches_tracked=self.num_batches_tracked if tracking else None,
+                                  activation=self.activation)
+
+
+class BatchNormReLU2d(BatchNormAct2d):
+    """relu(nn.BatchNorm2d(x)) in one fused op: BatchNormAct2d with activation="relu",
+    nn.BatchNorm2d's constructor signature."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, device=None, dtype=None) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, activation="relu")
+
+    def extra_repr(self) -> str:
+        return nn.BatchNorm2d.extra_repr(self)

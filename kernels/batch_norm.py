@@ -1,4 +1,8 @@
-"""Fused BatchNorm2d + ReLU in Triton, at its memory floor.
+"""Fused BatchNorm2d + activation in Triton, at its memory floor.
+
+The activation (ReLU, ReLU6, SiLU, Hardswish or identity; `ACTIVATIONS`) is a
+constexpr of the apply and backward kernels, with csrc/include/cnnkern/
+activation.h's formulas and derivatives; "ReLU" below stands for any of them.
 
 Layouts. Every kernel sees a 4-D tensor as tiles [BLOCK_A, BLOCK_B] whose B
 axis is contiguous in memory, with no per-element division:
@@ -154,10 +158,65 @@ def _pre_activation(v, mu, scale, b):
     return xm, tl.fma(xm, scale, b)
 
 
+# The op's activation argument, in the constexpr ACT's order (as cnnkern/activation.h's enum).
+ACTIVATIONS = ("relu", "relu6", "silu", "hardswish", "identity")
+
+
+def _act_code(activation: str) -> int:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"cnnkern batch_norm_relu: unknown activation '{activation}' "
+                         f"(expected relu, relu6, silu, hardswish or identity)")
+    return ACTIVATIONS.index(activation)
+
+
 @triton.jit
-def _relu_grad(d, pre, OUT: tl.constexpr):
-    # y > 0 exactly where the pre-activation rounded to y's dtype is > 0.
-    return tl.where(pre.to(OUT) > 0.0, d, 0.0)
+def _activate(pre, ACT: tl.constexpr):
+    """y = act(z); ReLU and ReLU6 keep NaN, as torch's."""
+    if ACT == 0:
+        out = tl.where(pre <= 0.0, 0.0, pre)
+    elif ACT == 1:
+        out = tl.where(pre <= 0.0, 0.0, tl.where(pre >= 6.0, 6.0, pre))
+    elif ACT == 2:
+        out = pre / (1.0 + tl.exp(-pre))
+    elif ACT == 3:
+        out = tl.where(pre <= -3.0, 0.0, tl.where(pre >= 3.0, pre, pre * (pre + 3.0) / 6.0))
+    else:
+        out = pre
+    return out
+
+
+@triton.jit
+def _rounded(v, OUT: tl.constexpr):
+    """v rounded to OUT (to nearest even), as a value of v's dtype. bf16 is rounded by hand:
+    on a GPU that is exactly what cvt.rn.bf16.f32 gives, and Triton's interpreter truncates
+    fp32 -> bf16 casts, which would move z across Hardswish's and ReLU6's kinks."""
+    if OUT == tl.bfloat16:
+        bits = v.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        r = bits.to(tl.float32, bitcast=True)
+    else:
+        r = v.to(OUT).to(v.dtype)
+    return r
+
+
+@triton.jit
+def _activation_grad(d, pre, OUT: tl.constexpr, ACT: tl.constexpr):
+    """dL/dz from dL/dy = d at the pre-activation rounded to y's dtype: that gives the
+    forward's ReLU/ReLU6 mask bit for bit (y is clamped exactly where the rounded z is)
+    and SiLU/Hardswish their derivative at an unfused BatchNorm2d's output."""
+    z = _rounded(pre, OUT)
+    if ACT == 0:
+        g = tl.where(z > 0.0, d, 0.0)
+    elif ACT == 1:
+        g = tl.where((z > 0.0) & (z < 6.0), d, 0.0)
+    elif ACT == 2:
+        sig = 1.0 / (1.0 + tl.exp(-z))
+        g = d * sig * (1.0 + z * (1.0 - sig))
+    elif ACT == 3:
+        g = tl.where(z <= -3.0, 0.0, tl.where(z < 3.0, d * (z / 3.0 + 0.5), d))  # torch's ends
+    else:
+        g = d
+    return g
 
 
 @triton.jit
@@ -297,7 +356,7 @@ def bn_relu_apply_kernel(
     x, y, mean, var, weight, bias, mean_out, var_out, A_EXT, B_EXT, C, BANDS, TILES, s_mean, s_var,
     x_a, x_b, x_c, y_a, y_b, y_c, eps,
     PLANES: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE_STATS: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
+    ACT: tl.constexpr, ACC: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
     chan, c_ok = _channels(C, PLANES, BLOCK_B)
     mu, scale, b = _affine(mean, var, s_mean, s_var, weight, bias, chan, c_ok, eps, PLANES, HAS_WEIGHT, HAS_BIAS,
@@ -318,7 +377,7 @@ def bn_relu_apply_kernel(
             v = tl.load(src + a[:, None] * x_a + cols[None, :] * x_b, mask=ok, other=0.0,
                         eviction_policy="evict_first").to(ACC)  # its last use
             _, pre = _pre_activation(v, mu, scale, b)
-            out = tl.where(pre <= 0.0, 0.0, pre)  # relu that keeps NaN, as torch's
+            out = _activate(pre, ACT)
             tl.store(dst + a[:, None] * y_a + cols[None, :] * y_b, out.to(y.dtype.element_ty), mask=ok)
 
 
@@ -329,7 +388,7 @@ def bn_relu_apply_kernel(
 def bn_relu_bwd_reduce_kernel(
     dy, x, mean, var, weight, bias, part, A_EXT, B_EXT, C, BANDS, TILES, CHUNKS,
     dy_a, dy_b, dy_c, x_a, x_b, x_c, eps,
-    PLANES: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
+    PLANES: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, ACC: tl.constexpr,
     BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
     chan, c_ok = _channels(C, PLANES, BLOCK_B)
@@ -352,7 +411,7 @@ def bn_relu_bwd_reduce_kernel(
             d = tl.load(grad + a[:, None] * dy_a + cols[None, :] * dy_b, mask=ok, other=0.0,
                         eviction_policy="evict_last").to(ACC)
             xm, pre = _pre_activation(v, mu, scale, b)
-            g = _relu_grad(d, pre, x.dtype.element_ty)  # 0 past the edges: d was loaded as 0
+            g = _activation_grad(d, pre, x.dtype.element_ty, ACT)  # 0 past the edges: d was loaded as 0
             acc_g += g
             acc_gx = tl.fma(g, xm, acc_gx)
         s_g = tl.sum(acc_g, axis=0)
@@ -405,7 +464,7 @@ def bn_relu_bwd_dx_kernel(
     dy, x, dx, mean, var, weight, bias, coef, A_EXT, B_EXT, C, BANDS, TILES,
     dy_a, dy_b, dy_c, x_a, x_b, x_c, dx_a, dx_b, dx_c, eps,
     PLANES: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, TRAINING: tl.constexpr,
-    ACC: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
+    ACT: tl.constexpr, ACC: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr,
 ):
     chan, c_ok = _channels(C, PLANES, BLOCK_B)
     mu, scale, b = _affine(mean, var, 1, 1, weight, bias, chan, c_ok, eps, PLANES, HAS_WEIGHT, HAS_BIAS, ACC)
@@ -427,7 +486,7 @@ def bn_relu_bwd_dx_kernel(
             d = tl.load(grad + a[:, None] * dy_a + cols[None, :] * dy_b, mask=ok, other=0.0,
                         eviction_policy="evict_first").to(ACC)
             xm, pre = _pre_activation(v, mu, scale, b)
-            g = _relu_grad(d, pre, x.dtype.element_ty)
+            g = _activation_grad(d, pre, x.dtype.element_ty, ACT)
             if TRAINING:
                 g = tl.fma(-xm, k, g - mean_g)
             tl.store(dst + a[:, None] * dx_a + cols[None, :] * dx_b, (scale * g).to(dx.dtype.element_ty), mask=ok)
@@ -641,7 +700,8 @@ def _param(t: Optional[torch.Tensor]):
 def batch_norm_relu(input: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                     running_mean: Optional[torch.Tensor], running_var: Optional[torch.Tensor],
                     num_batches_tracked: Optional[torch.Tensor], training: bool, momentum: Optional[float],
-                    eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    eps: float, activation: str = "relu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    act = _act_code(activation)
     n, c, h, w = input.shape
     acc = _acc_dtype(input)
     y = fresh(empty_like_format(input.shape, input))
@@ -685,8 +745,8 @@ def batch_norm_relu(input: torch.Tensor, weight: Optional[torch.Tensor], bias: O
     launch(bn_relu_apply_kernel, plan.grid,
            x, y, *stats, wt if wt is not None else mean, bs if bs is not None else mean, mean, var, **common,
            s_mean=s_stats[0], s_var=s_stats[1], x_a=xs[0], x_b=xs[1], x_c=xs[2], y_a=ys[0], y_b=ys[1], y_c=ys[2],
-           eps=eps, HAS_WEIGHT=wt is not None, HAS_BIAS=bs is not None, SAVE_STATS=not training, ACC=_acc(input),
-           **plan.meta())
+           eps=eps, HAS_WEIGHT=wt is not None, HAS_BIAS=bs is not None, SAVE_STATS=not training, ACT=act,
+           ACC=_acc(input), **plan.meta())
     return y, mean, var
 
 
@@ -694,9 +754,11 @@ def batch_norm_relu(input: torch.Tensor, weight: Optional[torch.Tensor], bias: O
 @launcher
 def batch_norm_relu_backward(grad_output: torch.Tensor, input: torch.Tensor, mean: torch.Tensor, var: torch.Tensor,
                              weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], training: bool, eps: float,
-                             output_mask: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                             output_mask: list[bool], activation: str = "relu"
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of (input, weight, bias); output_mask says which are wanted (the
-    others come back uninitialised). The ReLU mask is recomputed from input."""
+    others come back uninitialised). The activation's derivative is recomputed from input."""
+    act = _act_code(activation)
     n, c, h, w = input.shape
     acc = _acc_dtype(input)
     dx = fresh(empty_like_format(input.shape, input))
@@ -715,7 +777,7 @@ def batch_norm_relu_backward(grad_output: torch.Tensor, input: torch.Tensor, mea
     check_int32_indexable(dy, x, dx)
     wt, bs = _param(weight), _param(bias)
     common = dict(A_EXT=plan.a_ext, B_EXT=plan.b_ext, C=c, BANDS=plan.bands, TILES=plan.tiles)
-    affine = dict(HAS_WEIGHT=wt is not None, HAS_BIAS=bs is not None, ACC=_acc(input))
+    affine = dict(HAS_WEIGHT=wt is not None, HAS_BIAS=bs is not None, ACT=act, ACC=_acc(input))
     dummy = mean
     reduce = training and want_dx or want_w or want_b
     coef = fresh(torch.empty(2 * c, dtype=acc, device=input.device)) if training and want_dx else dummy

@@ -250,6 +250,10 @@ def shape_table() -> list[Layer]:
     ]
     extra = [Layer("adaptive", "adaptive_pool", (1024, 256, 4, 4), (("output_size", (1, 1)),),
                    sets=("all", "ci"))]
+    # The fused BatchNorm's other activations (mobilenet's ReLU6, efficientnet's SiLU, mobilenet_v3's
+    # Hardswish), at a mid-network shape.
+    extra += [Layer(f"bn-{act}", "bn", (256, 64, 16, 16), (("eps", 1e-5), ("momentum", 0.1), ("activation", act)),
+                    sets=("all", "ci") if act == "silu" else ("all",)) for act in ("relu6", "silu", "hardswish")]
     layers = resnet + _model_layers() + extra
     # The CI subset: L4 (above), one first layer (C=3), one pooling and one BatchNorm shape, and the fp32 and
     # fp64 cases picked in ci_cases().
@@ -445,7 +449,8 @@ def passes(case: Case, device: str = "cpu"):
             running_var = make((c,), torch.float32, "nchw").abs_() if device != "cpu" else \
                 torch.empty(c, dtype=torch.float32)
             nbt = torch.zeros((), dtype=torch.int64, device=device)
-            common = dict(weight=weight, bias=bias, training=training, eps=kw["eps"])
+            common = dict(weight=weight, bias=bias, training=training, eps=kw["eps"],
+                          activation=kw.get("activation", "relu"))
             out = yield f"{mode}_forward", "batch_norm_relu", dict(
                 input=x, running_mean=running_mean, running_var=running_var, momentum=kw["momentum"],
                 num_batches_tracked=nbt, **common)

@@ -1,4 +1,4 @@
-"""cnnkern's fused BatchNorm2d+ReLU against relu(nn.BatchNorm2d), every backend."""
+"""cnnkern's fused BatchNorm2d+activation against act(nn.BatchNorm2d), every backend."""
 import copy
 
 import pytest
@@ -32,11 +32,20 @@ def pair(channels, dtype=torch.float64, **kwargs):
     return ours, ref
 
 
+# activation name: torch's function (cnnkern.functional.ACTIVATIONS)
+ACTS = {"relu": F.relu, "relu6": F.relu6, "silu": F.silu, "hardswish": F.hardswish, "identity": lambda z: z}
+
+
 def step(ours, ref, x, dtype, backend, device):
-    """One forward/backward of both on x; compares output and every gradient."""
+    """One forward/backward of both on x; compares output and every gradient. The reference
+    activation takes the BatchNorm output rounded to x's dtype, as an unfused fp16 or bf16
+    BatchNorm2d would give it (and as cnnkern's backward evaluates the derivative): at
+    Hardswish's and ReLU6's kinks the derivative jumps, and the unrounded z would put some
+    elements on the other side."""
     x_ref = x.detach().double().cpu().requires_grad_()
     x = x.detach().requires_grad_()
-    y, y_ref = ours(x), F.relu(ref(x_ref))
+    act = ACTS[getattr(ours, "activation", "relu")]
+    y, y_ref = ours(x), act(ref(x_ref).to(dtype).double())
     grad = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     params = [p for p in ours.parameters()]
     grads = torch.autograd.grad(y, [x] + params, grad.to(device=device, dtype=dtype))
@@ -47,6 +56,19 @@ def step(ours, ref, x, dtype, backend, device):
     for name, g, g_ref in zip(("input", "weight", "bias"), grads, grads_ref):
         assert g.dtype == (dtype if name == "input" else params[0].dtype)
         assert_close(g, g_ref, dtype, backend, device, f"grad {name}")
+
+
+def act_pair(channels, activation, **kwargs):
+    """pair() for an activation test: weights and biases large enough that every activation's
+    kinks and flat parts (z < -3, z > 3, z > 6) hold elements."""
+    torch.manual_seed(channels)
+    ref = nn.BatchNorm2d(channels, **kwargs).double()
+    with torch.no_grad():
+        ref.weight.uniform_(1.0, 4.0)
+        ref.bias.uniform_(-1.0, 1.0)
+    ours = cnnkern.BatchNormAct2d(channels, activation=activation, **kwargs).double()
+    ours.load_state_dict(ref.state_dict())
+    return ours, ref
 
 
 def compare_state(ours, ref, dtype=torch.float64):
@@ -75,6 +97,71 @@ def test_training_steps_then_eval_match_torch(backend_device, shape, layout):
     ours.train(), ref.train()  # and back
     step(ours, ref, make_input(shape, torch.float64, device, layout, seed=10), torch.float64, backend, device)
     compare_state(ours, ref)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", [(4, 17, 7, 5), (2, 8, 30, 20)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("activation", ["relu6", "silu", "hardswish", "identity"])
+def test_activation_training_then_eval_matches_torch(backend_device, activation, shape, layout):
+    backend, device = backend_device
+    ours, ref = act_pair(shape[1], activation)
+    ours.to(device)
+    for seed in range(2):
+        step(ours, ref, make_input(shape, torch.float64, device, layout, seed=seed) * 2 + 3, torch.float64, backend,
+             device)
+    compare_state(ours, ref)
+    ours.eval(), ref.eval()
+    step(ours, ref, make_input(shape, torch.float64, device, layout, seed=9), torch.float64, backend, device)
+    compare_state(ours, ref)
+    with torch.no_grad():  # the data reached every piece of the activation
+        z = ref(make_input(shape, torch.float64, "cpu", seed=9))
+    assert (z < -3).any() and ((z > -3) & (z < 0)).any() and (z > 6).any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("activation", ["relu6", "silu", "hardswish", "identity"])
+def test_activation_reduced_precision(backend_device, activation, dtype):
+    backend, device = backend_device
+    ours, ref = act_pair(16, activation)
+    ours.to(device=device).float()
+    for layout in ("channels_last", "contiguous"):
+        step(ours, ref, make_input((4, 16, 7, 5), dtype, device, layout, seed=3), dtype, backend, device)
+    compare_state(ours, ref, dtype)
+
+
+@pytest.mark.parametrize("activation", ["relu6", "silu", "hardswish", "identity"])
+def test_activation_gradcheck_float64(backend_device, activation):
+    _, device = backend_device
+    x = make_input((3, 2, 3, 2), torch.float64, device, seed=4).requires_grad_()
+    w = torch.tensor([2.7, 3.3], dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.tensor([0.2, -0.1], dtype=torch.float64, device=device, requires_grad=True)
+    rm, rv = torch.zeros(2, dtype=torch.float64, device=device), torch.ones(2, dtype=torch.float64, device=device)
+    for training in (True, False):
+        assert torch.autograd.gradcheck(
+            lambda x, w, b: CF.batch_norm_relu(x, rm, rv, w, b, training=training, momentum=0.0,
+                                               activation=activation), (x, w, b))
+
+
+def test_unknown_activation_raises_value_error(backend_device):
+    _, device = backend_device
+    with pytest.raises(ValueError, match="activation"):
+        cnnkern.BatchNormAct2d(3, activation="gelu")
+    x = torch.randn(2, 3, 2, 2, device=device)
+    with pytest.raises(ValueError, match="activation"):
+        CF.batch_norm_relu(x, None, None, training=True, activation="tanh")
+    ops = _ops.ops_for(cnnkern.current_backend())
+    with pytest.raises(ValueError, match="unknown activation"):  # the op checks it too
+        ops.batch_norm_relu(x, None, None, None, None, None, True, 0.1, 1e-5, "tanh")
+
+
+def test_batch_norm_act_is_a_batch_norm2d_with_an_activation():
+    ours = cnnkern.BatchNormAct2d(5, eps=1e-3, momentum=None, activation="silu")
+    ref = nn.BatchNorm2d(5, eps=1e-3, momentum=None)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    assert repr(ours) == repr(ref).replace("BatchNorm2d(", "BatchNormAct2d(")[:-1] + ", activation=silu)"
+    assert repr(cnnkern.BatchNormReLU2d(5)) == repr(nn.BatchNorm2d(5)).replace("BatchNorm2d", "BatchNormReLU2d")
+    assert cnnkern.BatchNormReLU2d(5).activation == "relu" and isinstance(cnnkern.BatchNormReLU2d(5),
+                                                                           cnnkern.BatchNormAct2d)
 
 
 def test_rows_at_two_strides(backend_device):
@@ -373,14 +460,19 @@ def test_opcheck(ns):
                     count = torch.tensor(2, device=device)
                     torch.library.opcheck(op.batch_norm_relu.default,
                                           (*args, rm, rv, count, training, momentum, 1e-5))
-            rm, rv = torch.randn(5, device=device), torch.rand(5, device=device) + 0.5
-            y, mean, var = op.batch_norm_relu(x, w, b, rm, rv, None, training, 0.1, 1e-5)
-            if ns == "cnnkern_triton":
-                torch.library.opcheck(op.batch_norm_relu_backward.default,
-                                      (torch.randn_like(y), x, mean, var, w, b, training, 1e-5, [True, True, True]))
-            else:
-                torch.library.opcheck(op.batch_norm_relu_backward.default,
-                                      (torch.randn_like(y), y, x, mean, var, w, training, 1e-5))
+            for activation in ("relu", "silu", "relu6"):
+                rm, rv = torch.randn(5, device=device), torch.rand(5, device=device) + 0.5
+                args = [t.detach().requires_grad_() for t in (x, w, b)]
+                torch.library.opcheck(op.batch_norm_relu.default,
+                                      (*args, rm, rv, None, training, 0.1, 1e-5, activation))
+                y, mean, var = op.batch_norm_relu(x, w, b, rm, rv, None, training, 0.1, 1e-5, activation)
+                if ns == "cnnkern_triton":
+                    torch.library.opcheck(op.batch_norm_relu_backward.default,
+                                          (torch.randn_like(y), x, mean, var, w, b, training, 1e-5,
+                                           [True, True, True], activation))
+                else:
+                    torch.library.opcheck(op.batch_norm_relu_backward.default,
+                                          (torch.randn_like(y), y, x, mean, var, w, training, 1e-5, b, activation))
 
 
 @pytest.mark.parametrize("backend", ["cpu", "cuda_emu"])

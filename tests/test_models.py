@@ -1,5 +1,5 @@
 """cnnkern.convert and cnnkern.models: the swap keeps every weight, key and
-mode, fuses exactly BatchNorm2d-then-ReLU, round-trips, and the converted
+mode, fuses exactly BatchNorm2d-then-activation, round-trips, and the converted
 networks compute what the torch.nn ones do (float64, forward and every gradient)."""
 import copy
 import io
@@ -11,7 +11,7 @@ from torch import nn
 
 import cnnkern
 from cnnkern import models
-from cnnkern.convert import BatchNorm2dReLU, FusedReLU
+from cnnkern.convert import BatchNorm2dAct, BatchNorm2dReLU, FusedActivation, FusedReLU
 
 
 def _classes(module):
@@ -49,12 +49,23 @@ def test_convert_copies_by_default_and_keeps_values_and_keys():
     assert shared[0].weight is net[0].weight
 
 
-def test_fusion_needs_batchnorm_directly_followed_by_relu():
+def test_fusion_needs_batchnorm_directly_followed_by_an_activation():
     net = nn.Sequential(nn.BatchNorm2d(2), nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2), nn.Identity(), nn.ReLU(),
-                        nn.BatchNorm2d(2), nn.ReLU6())
+                        nn.BatchNorm2d(2), nn.ReLU6(), nn.BatchNorm2d(2), nn.SiLU(inplace=True), nn.BatchNorm2d(2),
+                        nn.Hardswish(), nn.BatchNorm2d(2), nn.GELU())
     out = cnnkern.convert(net)
-    assert [type(m) for m in out] == [nn.BatchNorm2d, cnnkern.Conv2d, nn.BatchNorm2d, nn.Identity, nn.ReLU,
-                                      nn.BatchNorm2d, nn.ReLU6]
+    assert [type(m) for m in out] == [cnnkern.BatchNormAct2d, cnnkern.Conv2d, cnnkern.BatchNormAct2d, nn.Identity,
+                                      nn.ReLU] + [cnnkern.BatchNormAct2d, FusedActivation] * 3 + [
+                                      cnnkern.BatchNormAct2d, nn.GELU]
+    assert [out[i].activation for i in (0, 2, 5, 7, 9, 11)] == ["identity", "identity", "relu6", "silu",
+                                                                 "hardswish", "identity"]
+    assert out[8].inplace and out[8].activation == "silu"
+    x = torch.randn(3, 2, 4, 4, dtype=torch.float64)
+    net.double(), out.double()
+    torch.testing.assert_close(out(x), net(x), rtol=1e-12, atol=1e-12)
+    back = cnnkern.convert(out, to="torch")
+    assert [type(m) for m in back] == [type(m) for m in net] and back[8].inplace
+    assert "activation" not in back[5].__dict__
 
 
 def test_subclasses_are_left_alone_and_children_are_visited():
@@ -83,6 +94,13 @@ def test_lone_batch_norm_relu_converts_to_a_torch_module_and_back():
     bn.double(), torch_bn.double()
     torch.testing.assert_close(torch_bn(x), bn(x))
     assert type(cnnkern.convert(torch_bn)) is cnnkern.BatchNormReLU2d
+    for activation in ("silu", "identity"):
+        bn = cnnkern.BatchNormAct2d(3, activation=activation).double()
+        torch_bn = cnnkern.convert(bn, to="torch")
+        assert type(torch_bn) is (BatchNorm2dAct if activation == "silu" else nn.BatchNorm2d)
+        torch.testing.assert_close(torch_bn(x), bn(x))
+        again = cnnkern.convert(torch_bn)
+        assert type(again) is cnnkern.BatchNormAct2d and again.activation == activation
 
 
 def test_bad_arguments():
@@ -194,22 +212,25 @@ def test_convert_fuses_pairs_called_in_forward_and_routes_functional_pools():
     torch.manual_seed(0)
     net = _Net().double()
     kern, report = cnnkern.convert(net, report=True)
-    assert sorted(p for p, _ in report.fused) == sorted(["bn", "block.bn1", "stem.bn_a", "stem.bn_b", "stem.bn_c"])
-    assert all(where == "forward()" for _, where in report.fused)
-    assert {p: why for p, _, why in report.left} == {
-        "block.bn2": "its output goes to add, not only to a ReLU",
-        "stem.bn_d": "its output goes to ReLU6, not only to a ReLU"}
+    assert sorted((p, act) for p, _, act in report.fused) == sorted(
+        [("bn", "relu"), ("block.bn1", "relu"), ("stem.bn_a", "relu"), ("stem.bn_b", "relu"), ("stem.bn_c", "relu"),
+         ("stem.bn_d", "relu6")])
+    assert all(where == "forward()" for _, where, _ in report.fused)
+    assert report.alone == [("block.bn2", "its output goes to add, not only to one activation")]
+    assert report.left == []
     assert sorted(f for _, f in report.routed) == [
         "mean over H and W", "mean over H and W", "mean over H and W", "torch.nn.functional.adaptive_avg_pool2d",
         "torch.nn.functional.avg_pool2d", "torch.nn.functional.max_pool2d"]
-    assert report.counts()["swapped"] == {"Conv2d": 4}
+    assert report.counts()["swapped"] == {"Conv2d": 4, "BatchNorm2d": 1}
     for path in ("bn", "block.bn1", "stem.bn_a", "stem.bn_b", "stem.bn_c"):
         assert type(kern.get_submodule(path)) is cnnkern.BatchNormReLU2d, path
-    assert type(kern.block.bn2) is nn.BatchNorm2d and type(kern.block.relu) is nn.ReLU  # shared: still called
+    assert type(kern.stem.bn_d) is cnnkern.BatchNormAct2d and kern.stem.bn_d.activation == "relu6"
+    assert kern.block.bn2.activation == "identity" and type(kern.block.relu) is nn.ReLU  # shared: still called
     code = kern.stem.__dict__["forward"].code
     assert "cnnkern_functional_max_pool2d(" in code and "cnnkern_convert_spatial_mean(" in code
-    assert "relu" not in code.replace("relu6", "")  # the three ReLUs after fused BatchNorms are gone
-    assert str(report).startswith("cnnkern.convert: 4 Conv2d swapped; 5 BatchNorm2d+ReLU fused; 6 functional")
+    assert "relu" not in code  # the three ReLUs and the ReLU6 after fused BatchNorms are gone
+    assert str(report).startswith("cnnkern.convert: 1 BatchNorm2d, 4 Conv2d swapped; BatchNorm2d+activation "
+                                  "fused: 5 relu, 1 relu6; 1 BatchNorm2d alone; 6 functional")
     # the same network, in train and eval mode: outputs, every gradient, running statistics
     x = torch.randn(3, 3, 9, 7, dtype=torch.float64)
     labels = torch.tensor([0, 2, 1])
@@ -269,14 +290,17 @@ class _OwnParameter(_DataDependent):
                                      (_OwnParameter, "forward() reads its own parameters")])
 def test_forward_that_cannot_be_rewritten_is_left_alone_and_reported(cls, why):
     kern, report = cnnkern.convert(cls(), report=True)
-    assert "forward" not in kern.__dict__ and type(kern.bn) is nn.BatchNorm2d
-    ((path, kind, reason),) = report.left
-    assert (path, kind) == ("bn", "BatchNorm2d") and reason.startswith(why), reason
+    assert "forward" not in kern.__dict__ and kern.bn.activation == "identity"  # on cnnkern, nothing fused
+    ((path, reason),) = report.alone
+    assert path == "bn" and reason.startswith(why), reason
     assert report.untraced[0][1] == cls.__name__
 
 
 def test_sequential_fusion_and_lone_batchnorms_are_reported():
     net = nn.Sequential(nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2), nn.ReLU(), nn.BatchNorm2d(2), nn.ReLU6())
     _, report = cnnkern.convert(net, report=True)
-    assert report.fused == [("1", "nn.Sequential")]
-    assert report.left == [("3", "BatchNorm2d", "followed by ReLU6 in its nn.Sequential")]
+    assert report.fused == [("1", "nn.Sequential", "relu"), ("3", "nn.Sequential", "relu6")]
+    assert report.alone == [] and report.left == []
+    _, report = cnnkern.convert(nn.Sequential(nn.BatchNorm2d(2), nn.GELU(), nn.BatchNorm2d(2)), report=True)
+    assert report.alone == [("0", "followed by GELU in its nn.Sequential"),
+                            ("2", "last in its nn.Sequential (what its output goes to is not seen)")]

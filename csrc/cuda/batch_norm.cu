@@ -1,5 +1,7 @@
-// Fused BatchNorm2d + ReLU on CUDA cores: batch statistics, the fused
-// normalise-affine-ReLU pass, and its backward.
+// Fused BatchNorm2d + activation on CUDA cores: batch statistics, the fused
+// normalise-affine-activation pass, and its backward. The activation (ReLU,
+// ReLU6, SiLU, Hardswish or none: cnnkern/activation.h) is a template argument
+// of the elementwise and backward kernels; the statistics do not depend on it.
 //
 // Work split. Every kernel but the two finalizes runs on a 2-D grid:
 // blockIdx.x picks a tile of channels, blockIdx.y a chunk of the M = N*H*W
@@ -42,19 +44,20 @@
 // var; each buffer in its own dtype and stride), as the Triton finalize
 // does: the op runs no tensor ops of its own for it and never syncs.
 //
-// Apply (1 launch): y = relu((x - mean) * weight * invstd + bias), each
+// Apply (1 launch): y = act((x - mean) * weight * invstd + bias), each
 // element read and written once; (x - mean) first, so a large mean cancels
 // exactly instead of being folded into a shift.
 //
 // Backward (3 launches). A reduction pass like the statistics gathers per
-// channel Σg and Σg·(x - mean) with g = dy·[y > 0] (partials to the workspace,
+// channel Σg and Σg·(x - mean) with g = dy·act'(z) (partials to the workspace,
 // plain sums merged in a fixed order: deterministic, no atomics); a finalize
 // writes grad_bias = Σg and grad_weight = invstd·Σg·(x - mean). An elementwise
 // pass then writes dx (training also uses the two sums; eval does not read x).
 //
 // Memory traffic: statistics read x once; apply reads x and writes y once;
 // backward reads dy, y and x twice (reduction, then dx; eval skips x the
-// second time) and writes dx once. The workspace adds 2 * C * chunks values.
+// second time) and writes dx once. SiLU and Hardswish read x instead of y
+// (they recompute z; eval then reads x in the dx pass too), identity neither. The workspace adds 2 * C * chunks values.
 // Everything accumulates in acc_t<T> (fp32 for Half/BFloat16, double for
 // double). No vectorised loads yet: a thread owns one channel, so
 // channels_last rows are read one element per thread.
@@ -73,6 +76,7 @@
 #include <string>
 #include <type_traits>
 
+#include "cnnkern/activation.h"
 #include "cnnkern/batch_norm_launch.h"
 #include "cnnkern/gpu_types.h"
 #include "cnnkern/launch.h"
@@ -208,6 +212,19 @@ __device__ __forceinline__ acc_t<T> to_acc(T v) {
 template <typename Acc>
 __device__ __forceinline__ Acc inv_std(Acc var, Acc eps) {
   return Acc(1) / std::sqrt(var + eps);
+}
+
+// dL/dz of one element from dy = grad and what the activation reads (activation.h):
+// the output y, or the input x, whose z it rounds to T as an unfused BatchNorm2d's output.
+template <Act kAct, typename T, typename Acc>
+__device__ __forceinline__ Acc dz(Acc grad, Acc y, Acc x, Acc mu, Acc scale, Acc beta) {
+  if constexpr (grad_from_output<kAct>) {
+    return activation_grad<kAct>(y, grad);
+  } else if constexpr (grad_from_pre_activation<kAct>) {
+    return activation_grad<kAct>(to_acc(static_cast<T>((x - mu) * scale + beta)), grad);
+  } else {
+    return grad;
+  }
 }
 
 // ---- Welford / Chan --------------------------------------------------------------
@@ -417,7 +434,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
 
 // ---- Apply ------------------------------------------------------------------------
 
-template <typename T, typename Off>
+template <typename T, typename Off, Act kAct>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     apply_kernel(const Grid g, const Strides<Off> st, const T* x, const acc_t<T>* mean, const acc_t<T>* var,
                  const acc_t<T>* weight, const acc_t<T>* bias, acc_t<T> eps, T* y) {
@@ -447,8 +464,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
       CNNKERN_UNROLL
       for (int u = 0; u < kUnroll; ++u) {
         if (u < b) {
-          const Acc out = (v[u] - mu) * scale + shift;
-          yc[offset(st.y, store)] = static_cast<T>(out > Acc(0) ? out : Acc(0));
+          yc[offset(st.y, store)] = static_cast<T>(activate<kAct>((v[u] - mu) * scale + shift));
           advance(g, store);
         }
       }
@@ -460,10 +476,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
 
 // Block (tile, chunk): per-channel Σg and Σg·(x - mean) into workspace[0][c][chunk]
 // and workspace[1][c][chunk].
-template <typename T, typename Off>
+template <typename T, typename Off, Act kAct>
 __global__ void __launch_bounds__(kThreads, kReduceBlocksPerSm<acc_t<T>>)
     backward_partial_kernel(const Grid g, const Strides<Off> st, const T* dy, const T* y, const T* x,
-                            const acc_t<T>* mean, acc_t<T>* workspace) {
+                            const acc_t<T>* mean, const acc_t<T>* var, const acc_t<T>* weight,
+                            const acc_t<T>* bias, acc_t<T> eps, acc_t<T>* workspace) {
   using Acc = acc_t<T>;
   for (int64_t chunk = blockIdx.y; chunk < g.chunks; chunk += gridDim.y) {
     const ThreadRows tr = thread_rows<Off>(g, chunk);
@@ -471,6 +488,11 @@ __global__ void __launch_bounds__(kThreads, kReduceBlocksPerSm<acc_t<T>>)
     if (tr.rows > 0) {
       const int64_t c = tr.c;
       const Acc mu = mean[c];
+      Acc scale = Acc(0), beta = Acc(0);  // only to recompute z
+      if constexpr (grad_from_pre_activation<kAct>) {
+        scale = (weight ? weight[c] : Acc(1)) * inv_std(var[c], eps);
+        beta = bias ? bias[c] : Acc(0);
+      }
       const T* dyc = dy + static_cast<Off>(c) * st.dy[1];
       const T* yc = y + static_cast<Off>(c) * st.y[1];
       const T* xc = x + static_cast<Off>(c) * st.x[1];
@@ -481,10 +503,10 @@ __global__ void __launch_bounds__(kThreads, kReduceBlocksPerSm<acc_t<T>>)
         CNNKERN_UNROLL
         for (int u = 0; u < kUnroll; ++u) {
           if (u < b) {
-            const Acc out = to_acc(yc[offset(st.y, p)]);
+            const Acc out = grad_from_output<kAct> ? to_acc(yc[offset(st.y, p)]) : Acc(0);
             const Acc grad = to_acc(dyc[offset(st.dy, p)]);  // unconditional: see backward_dx_kernel
-            gv[u] = out > Acc(0) ? grad : Acc(0);
             xv[u] = to_acc(xc[offset(st.x, p)]);
+            gv[u] = dz<kAct, T>(grad, out, xv[u], mu, scale, beta);
             advance(g, p);
           }
         }
@@ -533,12 +555,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
 }
 
 // dx = weight·invstd·(g - Σg/M - xhat·Σ(g·xhat)/M)  (training),  weight·invstd·g  (eval).
-// Eval (kTraining false) does not read x.
-template <typename T, bool kTraining, typename Off>
+// Eval (kTraining false) reads x only to recompute z (SiLU, Hardswish).
+template <typename T, bool kTraining, typename Off, Act kAct>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     backward_dx_kernel(const Grid g, const Strides<Off> st, const T* dy, const T* y, const T* x,
-                       const acc_t<T>* mean, const acc_t<T>* var, const acc_t<T>* weight, acc_t<T> eps,
-                       const acc_t<T>* grad_weight, const acc_t<T>* grad_bias, T* dx) {
+                       const acc_t<T>* mean, const acc_t<T>* var, const acc_t<T>* weight, const acc_t<T>* bias,
+                       acc_t<T> eps, const acc_t<T>* grad_weight, const acc_t<T>* grad_bias, T* dx) {
   using Acc = acc_t<T>;
   for (int64_t chunk = blockIdx.y; chunk < g.chunks; chunk += gridDim.y) {
     const ThreadRows tr = thread_rows<Off>(g, chunk);
@@ -547,6 +569,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     const Acc invstd = inv_std(var[c], eps);
     const Acc scale = (weight ? weight[c] : Acc(1)) * invstd;
     const Acc mu = mean[c];
+    const Acc beta = grad_from_pre_activation<kAct> && bias ? bias[c] : Acc(0);
     const Acc inv_m = Acc(1) / static_cast<Acc>(g.M);
     // training: dx = scale·(g - mean_g - (x - mu)·k), k = invstd² · Σg(x-mu)/M
     const Acc mean_g = kTraining ? grad_bias[c] * inv_m : Acc(0);
@@ -564,17 +587,17 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
         if (u < b) {
           // dy is read whatever y is: both loads issue at once, and the DRAM
           // sectors are fetched anyway unless whole runs of y are zero.
-          const Acc out = to_acc(yc[offset(st.y, load)]);
+          const Acc out = grad_from_output<kAct> ? to_acc(yc[offset(st.y, load)]) : Acc(0);
           const Acc grad = to_acc(dyc[offset(st.dy, load)]);
-          gv[u] = out > Acc(0) ? grad : Acc(0);
-          xv[u] = kTraining ? to_acc(xc[offset(st.x, load)]) : mu;
+          xv[u] = kTraining || grad_from_pre_activation<kAct> ? to_acc(xc[offset(st.x, load)]) : mu;
+          gv[u] = dz<kAct, T>(grad, out, xv[u], mu, scale, beta);
           advance(g, load);
         }
       }
       CNNKERN_UNROLL
       for (int u = 0; u < kUnroll; ++u) {
         if (u < b) {
-          const Acc d = gv[u] - mean_g - (xv[u] - mu) * k;
+          const Acc d = gv[u] - mean_g - (xv[u] - mu) * k;  // k = 0 in eval
           dxc[offset(st.y, store)] = static_cast<T>(scale * d);
           advance(g, store);
         }
@@ -627,7 +650,7 @@ __device__ __forceinline__ void store16(T* p, const Vec16<T>& v) {
 // every access is aligned.
 // Rows per step: kUnroll for apply; backward_dx holds three vectors per row
 // and four parameters per channel, so it takes kUnroll / 2 (no spills).
-template <typename T>
+template <typename T, Act kAct>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     apply_vec_kernel(const Grid g, const Strides<int32_t> st, const T* x, const acc_t<T>* mean,
                      const acc_t<T>* var, const acc_t<T>* weight, const acc_t<T>* bias, acc_t<T> eps, T* y) {
@@ -664,8 +687,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
           Vec16<T> out;
           CNNKERN_UNROLL
           for (int j = 0; j < V; ++j) {
-            const Acc o = (to_acc(v[u].v[j]) - mu[j]) * scale[j] + shift[j];
-            out.v[j] = static_cast<T>(o > Acc(0) ? o : Acc(0));
+            out.v[j] = static_cast<T>(activate<kAct>((to_acc(v[u].v[j]) - mu[j]) * scale[j] + shift[j]));
           }
           store16(yc + offset(st.y, store), out);
           advance(g, store);
@@ -675,11 +697,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   }
 }
 
-template <typename T, bool kTraining>
+template <typename T, bool kTraining, Act kAct>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     backward_dx_vec_kernel(const Grid g, const Strides<int32_t> st, const T* dy, const T* y, const T* x,
-                           const acc_t<T>* mean, const acc_t<T>* var, const acc_t<T>* weight, acc_t<T> eps,
-                           const acc_t<T>* grad_weight, const acc_t<T>* grad_bias, T* dx) {
+                           const acc_t<T>* mean, const acc_t<T>* var, const acc_t<T>* weight,
+                           const acc_t<T>* bias, acc_t<T> eps, const acc_t<T>* grad_weight,
+                           const acc_t<T>* grad_bias, T* dx) {
   using Acc = acc_t<T>;
   using Off = int32_t;
   constexpr int V = kVec<T>;
@@ -690,12 +713,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     const int64_t c0 = tr.c * V;
     const Acc inv_m = Acc(1) / static_cast<Acc>(g.M);
     // dx = scale·(g - mean_g - (x - mu)·k), as backward_dx_kernel
-    Acc scale[V], mu[V], mean_g[V], k[V];
+    constexpr bool kReadX = kTraining || grad_from_pre_activation<kAct>;
+    Acc scale[V], mu[V], mean_g[V], k[V], beta[V];
     CNNKERN_UNROLL
     for (int j = 0; j < V; ++j) {
       const Acc invstd = inv_std(var[c0 + j], eps);
       scale[j] = (weight ? weight[c0 + j] : Acc(1)) * invstd;
       mu[j] = mean[c0 + j];
+      beta[j] = grad_from_pre_activation<kAct> && bias ? bias[c0 + j] : Acc(0);
       mean_g[j] = kTraining ? grad_bias[c0 + j] * inv_m : Acc(0);
       k[j] = kTraining ? grad_weight[c0 + j] * invstd * inv_m : Acc(0);
     }
@@ -710,9 +735,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
       CNNKERN_UNROLL
       for (int u = 0; u < U; ++u) {
         if (u < b) {
-          yv[u] = load16(yc + offset(st.y, load));
+          if (grad_from_output<kAct>) yv[u] = load16(yc + offset(st.y, load));
           gv[u] = load16(dyc + offset(st.dy, load));
-          if (kTraining) xv[u] = load16(xc + offset(st.x, load));
+          if (kReadX) xv[u] = load16(xc + offset(st.x, load));
           advance(g, load);
         }
       }
@@ -722,8 +747,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
           Vec16<T> out;
           CNNKERN_UNROLL
           for (int j = 0; j < V; ++j) {
-            const Acc grad = to_acc(yv[u].v[j]) > Acc(0) ? to_acc(gv[u].v[j]) : Acc(0);
-            const Acc xj = kTraining ? to_acc(xv[u].v[j]) : mu[j];
+            const Acc xj = kReadX ? to_acc(xv[u].v[j]) : mu[j];
+            const Acc yj = grad_from_output<kAct> ? to_acc(yv[u].v[j]) : Acc(0);
+            const Acc grad = dz<kAct, T>(to_acc(gv[u].v[j]), yj, xj, mu[j], scale[j], beta[j]);
             out.v[j] = static_cast<T>(scale[j] * (grad - mean_g[j] - (xj - mu[j]) * k[j]));
           }
           store16(dxc + offset(st.y, store), out);
@@ -928,56 +954,65 @@ void stats_impl(const BnShape& s, const T* x, acc_t<T>* mean, acc_t<T>* var, acc
 
 template <typename T>
 void apply_impl(const BnShape& s, const T* x, const acc_t<T>* mean, const acc_t<T>* var, const acc_t<T>* weight,
-                const acc_t<T>* bias, double eps, T* y, gpu_stream_t stream) {
+                const acc_t<T>* bias, double eps, Act act, T* y, gpu_stream_t stream) {
   using Acc = acc_t<T>;
   if (s.C == 0 || s.N * s.H * s.W == 0) return;
-  if (const int V = vector_width<T>(s, false, {x, y}); V > 1) {
-    const Grid gv = vector_plan(s, V);
-    launch_kernel(apply_vec_kernel<T>, block_grid(gv), dim3(kThreads), 0, stream, gv, strides_of<int32_t>(s), x,
-                  mean, var, weight, bias, static_cast<Acc>(eps), y);
-    return;
-  }
-  const Grid g = elementwise_plan(s);
-  if (g.chunks == 0) return;
-  with_offsets(s, [&](auto off) {
-    using Off = decltype(off);
-    launch_kernel(apply_kernel<T, Off>, block_grid(g), dim3(kThreads), 0, stream, g, strides_of<Off>(s), x, mean,
-                  var, weight, bias, static_cast<Acc>(eps), y);
+  with_activation(act, [&](auto a) {
+    constexpr Act kAct = decltype(a)::value;
+    if (const int V = vector_width<T>(s, false, {x, y}); V > 1) {
+      const Grid gv = vector_plan(s, V);
+      launch_kernel(apply_vec_kernel<T, kAct>, block_grid(gv), dim3(kThreads), 0, stream, gv,
+                    strides_of<int32_t>(s), x, mean, var, weight, bias, static_cast<Acc>(eps), y);
+      return;
+    }
+    const Grid g = elementwise_plan(s);
+    if (g.chunks == 0) return;
+    with_offsets(s, [&](auto off) {
+      using Off = decltype(off);
+      launch_kernel(apply_kernel<T, Off, kAct>, block_grid(g), dim3(kThreads), 0, stream, g, strides_of<Off>(s), x,
+                    mean, var, weight, bias, static_cast<Acc>(eps), y);
+    });
   });
 }
 
 template <typename T>
 void backward_impl(const BnShape& s, const T* dy, const T* y, const T* x, const acc_t<T>* mean,
-                   const acc_t<T>* var, const acc_t<T>* weight, double eps, bool training, T* dx,
-                   acc_t<T>* grad_weight, acc_t<T>* grad_bias, acc_t<T>* workspace, gpu_stream_t stream) {
+                   const acc_t<T>* var, const acc_t<T>* weight, const acc_t<T>* bias, double eps, Act act,
+                   bool training, T* dx, acc_t<T>* grad_weight, acc_t<T>* grad_bias, acc_t<T>* workspace,
+                   gpu_stream_t stream) {
   using Acc = acc_t<T>;
   const Grid g = reduce_plan<T>(s);
   if (g.C == 0) return;
   const Acc e = static_cast<Acc>(eps);
-  if (g.chunks > 0)
+  const Acc* gw = grad_weight;
+  const Acc* gb = grad_bias;
+  with_activation(act, [&](auto a) {
+    constexpr Act kAct = decltype(a)::value;
+    if (g.chunks > 0)
+      with_offsets(s, [&](auto off) {
+        using Off = decltype(off);
+        launch_kernel(backward_partial_kernel<T, Off, kAct>, block_grid(g), dim3(kThreads), 0, stream, g,
+                      strides_of<Off>(s), dy, y, x, mean, var, weight, bias, e, workspace);
+      });
+    // With no rows the gradients are zero sums.
+    launch_kernel(backward_finalize_kernel<Acc>, finalize_grid(g), dim3(kThreads), 0, stream, g,
+                  static_cast<const Acc*>(workspace), var, e, grad_weight, grad_bias);
+    if (s.N * s.H * s.W == 0) return;
+    if (const int V = vector_width<T>(s, true, {dy, y, x, dx}); V > 1) {
+      const Grid gv = vector_plan(s, V);
+      launch_kernel(training ? backward_dx_vec_kernel<T, true, kAct> : backward_dx_vec_kernel<T, false, kAct>,
+                    block_grid(gv), dim3(kThreads), 0, stream, gv, strides_of<int32_t>(s), dy, y, x, mean, var,
+                    weight, bias, e, gw, gb, dx);
+      return;
+    }
+    const Grid ge = elementwise_plan(s);
+    if (ge.chunks == 0) return;
     with_offsets(s, [&](auto off) {
       using Off = decltype(off);
-      launch_kernel(backward_partial_kernel<T, Off>, block_grid(g), dim3(kThreads), 0, stream, g,
-                    strides_of<Off>(s), dy, y, x, mean, workspace);
+      launch_kernel(training ? backward_dx_kernel<T, true, Off, kAct> : backward_dx_kernel<T, false, Off, kAct>,
+                    block_grid(ge), dim3(kThreads), 0, stream, ge, strides_of<Off>(s), dy, y, x, mean, var, weight,
+                    bias, e, gw, gb, dx);
     });
-  // With no rows the gradients are zero sums.
-  launch_kernel(backward_finalize_kernel<Acc>, finalize_grid(g), dim3(kThreads), 0, stream, g,
-                static_cast<const Acc*>(workspace), var, e, grad_weight, grad_bias);
-  if (s.N * s.H * s.W == 0) return;
-  if (const int V = vector_width<T>(s, true, {dy, y, x, dx}); V > 1) {
-    const Grid gv = vector_plan(s, V);
-    launch_kernel(training ? backward_dx_vec_kernel<T, true> : backward_dx_vec_kernel<T, false>, block_grid(gv),
-                  dim3(kThreads), 0, stream, gv, strides_of<int32_t>(s), dy, y, x, mean, var, weight, e,
-                  static_cast<const Acc*>(grad_weight), static_cast<const Acc*>(grad_bias), dx);
-    return;
-  }
-  const Grid ge = elementwise_plan(s);
-  if (ge.chunks == 0) return;
-  with_offsets(s, [&](auto off) {
-    using Off = decltype(off);
-    launch_kernel(training ? backward_dx_kernel<T, true, Off> : backward_dx_kernel<T, false, Off>, block_grid(ge),
-                  dim3(kThreads), 0, stream, ge, strides_of<Off>(s), dy, y, x, mean, var, weight, e,
-                  static_cast<const Acc*>(grad_weight), static_cast<const Acc*>(grad_bias), dx);
   });
 }
 
@@ -995,26 +1030,28 @@ void batch_norm_stats(const BnShape& s, const T* x, acc_t<T>* mean, acc_t<T>* va
 
 template <typename T>
 void batch_norm_relu_apply(const BnShape& s, const T* x, const acc_t<T>* mean, const acc_t<T>* var,
-                           const acc_t<T>* weight, const acc_t<T>* bias, double eps, T* y, gpu_stream_t stream) {
-  apply_impl<T>(s, x, mean, var, weight, bias, eps, y, stream);
+                           const acc_t<T>* weight, const acc_t<T>* bias, double eps, Act act, T* y,
+                           gpu_stream_t stream) {
+  apply_impl<T>(s, x, mean, var, weight, bias, eps, act, y, stream);
 }
 
 template <typename T>
 void batch_norm_relu_backward(const BnShape& s, const T* dy, const T* y, const T* x, const acc_t<T>* mean,
-                              const acc_t<T>* var, const acc_t<T>* weight, double eps, bool training, T* dx,
-                              acc_t<T>* grad_weight, acc_t<T>* grad_bias, acc_t<T>* workspace,
-                              gpu_stream_t stream) {
-  backward_impl<T>(s, dy, y, x, mean, var, weight, eps, training, dx, grad_weight, grad_bias, workspace, stream);
+                              const acc_t<T>* var, const acc_t<T>* weight, const acc_t<T>* bias, double eps,
+                              Act act, bool training, T* dx, acc_t<T>* grad_weight, acc_t<T>* grad_bias,
+                              acc_t<T>* workspace, gpu_stream_t stream) {
+  backward_impl<T>(s, dy, y, x, mean, var, weight, bias, eps, act, training, dx, grad_weight, grad_bias, workspace,
+                   stream);
 }
 
 #define CNNKERN_INSTANTIATE_BATCH_NORM(T)                                                                     \
   template void batch_norm_stats<T>(const BnShape&, const T*, acc_t<T>*, acc_t<T>*, acc_t<T>*,               \
                                     const BnRunning&, gpu_stream_t);                                          \
   template void batch_norm_relu_apply<T>(const BnShape&, const T*, const acc_t<T>*, const acc_t<T>*,          \
-                                         const acc_t<T>*, const acc_t<T>*, double, T*, gpu_stream_t);         \
+                                         const acc_t<T>*, const acc_t<T>*, double, Act, T*, gpu_stream_t);    \
   template void batch_norm_relu_backward<T>(const BnShape&, const T*, const T*, const T*, const acc_t<T>*,    \
-                                            const acc_t<T>*, const acc_t<T>*, double, bool, T*, acc_t<T>*,    \
-                                            acc_t<T>*, acc_t<T>*, gpu_stream_t);
+                                            const acc_t<T>*, const acc_t<T>*, const acc_t<T>*, double, Act,   \
+                                            bool, T*, acc_t<T>*, acc_t<T>*, acc_t<T>*, gpu_stream_t);
 
 CNNKERN_INSTANTIATE_BATCH_NORM(float)
 CNNKERN_INSTANTIATE_BATCH_NORM(double)

@@ -18,6 +18,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "batch_norm_common.h"
 #include "graph_node.h"
 #include "op_handles.h"
 
@@ -242,10 +243,11 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_relu_below(const Tensor& input, co
                                                          const OptTensor& bias, const OptTensor& running_mean,
                                                          const OptTensor& running_var,
                                                          const OptTensor& num_batches_tracked, bool training,
-                                                         std::optional<double> momentum, double eps) {
+                                                         std::optional<double> momentum, double eps,
+                                                         c10::string_view activation) {
   at::AutoDispatchBelowADInplaceOrView guard;
   auto out = Ops<NS>::get().batch_norm_relu.call(input, weight, bias, running_mean, running_var, num_batches_tracked,
-                                                 training, momentum, eps);
+                                                 training, momentum, eps, activation);
   for (const OptTensor* t : {&running_mean, &running_var, &num_batches_tracked})
     if (t->has_value() && training) (*t)->unsafeGetTensorImpl()->bump_version();
   return out;
@@ -256,32 +258,38 @@ struct BatchNormReluFn : torch::autograd::Function<BatchNormReluFn<NS>> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const OptTensor& weight,
                                const OptTensor& bias, const OptTensor& running_mean, const OptTensor& running_var,
                                const OptTensor& num_batches_tracked, bool training, std::optional<double> momentum,
-                               double eps) {
+                               double eps, c10::string_view activation) {
     auto [y, mean, var] = batch_norm_relu_below<NS>(input, weight, bias, running_mean, running_var,
-                                                    num_batches_tracked, training, momentum, eps);
-    ctx->save_for_backward({input, y, mean, var, weight.value_or(Tensor())});
+                                                    num_batches_tracked, training, momentum, eps, activation);
+    // y is kept only where the backward reads it (ReLU, ReLU6: activation.h): a SiLU's, a
+    // Hardswish's or a plain BatchNorm's output may then be changed in place, as torch allows
+    // (efficientnet's `result += input`).
+    const bool keep_y = grad_from_output_of(parse_activation(activation));
+    ctx->save_for_backward({input, keep_y ? y : Tensor(), mean, var, weight.value_or(Tensor()), bias.value_or(Tensor())});
     ctx->saved_data["training"] = training;
     ctx->saved_data["eps"] = eps;
-    ctx->saved_data["has_bias"] = bias.has_value();
+    ctx->saved_data["activation"] = std::string(activation);
     ctx->mark_non_differentiable({mean, var});
     ctx->set_materialize_grads(false);  // no zero-filled gradients for mean and var
     return {y, mean, var};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    variable_list out(9);
+    variable_list out(10);
     if (!grads[0].defined()) return out;  // y unused
     const auto saved = ctx->get_saved_variables();
-    const Tensor &input = saved[0], &y = saved[1], &weight = saved[4];
+    const Tensor &input = saved[0], &weight = saved[4], &bias = saved[5];
+    const Tensor& y = saved[1].defined() ? saved[1] : input;  // not read by this activation's backward
     const OptTensor w = weight.defined() ? OptTensor(weight) : std::nullopt;
+    const OptTensor b = bias.defined() ? OptTensor(bias) : std::nullopt;
     auto [dx, dw, db] = Ops<NS>::get().batch_norm_relu_backward.call(
         grads[0], y, input, saved[2], saved[3], w, ctx->saved_data["training"].toBool(),
-        ctx->saved_data["eps"].toDouble());
+        ctx->saved_data["eps"].toDouble(), b, ctx->saved_data["activation"].toStringRef());
     // The kernels reduce the parameter gradients in fp32 (fp64 for double): cast to the parameters' dtype.
     const auto param_dtype = weight.defined() ? weight.scalar_type() : input.scalar_type();
     if (ctx->needs_input_grad(0)) out[0] = dx;
     if (weight.defined() && ctx->needs_input_grad(1)) out[1] = dw.to(param_dtype);
-    if (ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)) out[2] = db.to(param_dtype);
+    if (bias.defined() && ctx->needs_input_grad(2)) out[2] = db.to(param_dtype);
     return out;
   }
 };
@@ -291,12 +299,13 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_relu_autograd(const Tensor& input,
                                                             const OptTensor& bias, const OptTensor& running_mean,
                                                             const OptTensor& running_var,
                                                             const OptTensor& num_batches_tracked, bool training,
-                                                            std::optional<double> momentum, double eps) {
+                                                            std::optional<double> momentum, double eps,
+                                                            c10::string_view activation) {
   if (!records({&input}, {&weight, &bias}))
     return batch_norm_relu_below<NS>(input, weight, bias, running_mean, running_var, num_batches_tracked, training,
-                                     momentum, eps);
+                                     momentum, eps, activation);
   auto out = BatchNormReluFn<NS>::apply(input, weight, bias, running_mean, running_var, num_batches_tracked, training,
-                                        momentum, eps);
+                                        momentum, eps, activation);
   return {out[0], out[1], out[2]};
 }
 

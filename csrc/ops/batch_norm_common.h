@@ -7,6 +7,7 @@
 
 #include <optional>
 
+#include "cnnkern/activation.h"
 #include "conv2d_common.h"
 
 namespace cnnkern {
@@ -22,6 +23,15 @@ inline void check_batch_norm_backward(const at::Tensor& grad_output, const at::T
               "cnnkern batch_norm_relu_backward: grad_output and output must have the input's shape");
   TORCH_CHECK(grad_output.scalar_type() == input.scalar_type() && output.scalar_type() == input.scalar_type(),
               "cnnkern batch_norm_relu_backward: grad_output and output must have the input's dtype");
+}
+
+// The op's activation argument (cnnkern/activation.h names them in enum order).
+inline Act parse_activation(c10::string_view name) {
+  static constexpr const char* kNames[] = {"relu", "relu6", "silu", "hardswish", "identity"};
+  for (int i = 0; i < 5; ++i)
+    if (name == kNames[i]) return static_cast<Act>(i);
+  TORCH_CHECK_VALUE(false, "cnnkern batch_norm_relu: unknown activation '", std::string(name),
+                    "' (expected relu, relu6, silu, hardswish or identity)");
 }
 
 // A per-channel vector as a contiguous accumulator-typed tensor (null if absent).

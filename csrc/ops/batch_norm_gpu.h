@@ -53,8 +53,9 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_op(
     const at::Tensor& input, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
     const std::optional<at::Tensor>& running_mean, const std::optional<at::Tensor>& running_var,
     const std::optional<at::Tensor>& num_batches_tracked, bool training, std::optional<double> momentum,
-    double eps) {
+    double eps, c10::string_view activation) {
   check_batch_norm_input(input);
+  const Act act = parse_activation(activation);
   const auto w = channel_vector(weight, input, "weight");
   const auto b = channel_vector(bias, input, "bias");
   const auto acc = acc_dtype(input.scalar_type());
@@ -85,7 +86,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_op(
                                  current_stream(input));
     }
     batch_norm_relu_apply<scalar_t>(s, input.const_data_ptr<scalar_t>(), mean.const_data_ptr<A>(),
-                                    var.const_data_ptr<A>(), ptr_or_null<A>(w), ptr_or_null<A>(b), eps,
+                                    var.const_data_ptr<A>(), ptr_or_null<A>(w), ptr_or_null<A>(b), eps, act,
                                     y.data_ptr<scalar_t>(), current_stream(input));
   });
   return {y, mean, var};
@@ -93,9 +94,12 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_op(
 
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_backward_op(
     const at::Tensor& grad_output, const at::Tensor& output, const at::Tensor& input, const at::Tensor& mean,
-    const at::Tensor& var, const std::optional<at::Tensor>& weight, bool training, double eps) {
+    const at::Tensor& var, const std::optional<at::Tensor>& weight, bool training, double eps,
+    const std::optional<at::Tensor>& bias, c10::string_view activation) {
   check_batch_norm_backward(grad_output, output, input);
+  const Act act = parse_activation(activation);
   const auto w = channel_vector(weight, input, "weight");
+  const auto b = channel_vector(bias, input, "bias");
   const auto m = channel_vector(mean, input, "mean");
   const auto v = channel_vector(var, input, "var");
   const auto acc = acc_dtype(input.scalar_type());
@@ -114,7 +118,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> batch_norm_relu_backward_o
     at::Tensor workspace = at::empty({batch_norm_backward_workspace(s)}, input.options().dtype(acc));
     batch_norm_relu_backward<scalar_t>(s, grad_output.const_data_ptr<scalar_t>(), y.const_data_ptr<scalar_t>(),
                                        input.const_data_ptr<scalar_t>(), m->const_data_ptr<A>(),
-                                       v->const_data_ptr<A>(), ptr_or_null<A>(w), eps, training,
+                                       v->const_data_ptr<A>(), ptr_or_null<A>(w), ptr_or_null<A>(b), eps, act, training,
                                        dx.data_ptr<scalar_t>(), grad_weight.data_ptr<A>(), grad_bias.data_ptr<A>(),
                                        workspace.data_ptr<A>(), current_stream(input));
   });

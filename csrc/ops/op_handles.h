@@ -37,9 +37,10 @@ using AdaptiveSig = Tensor(const Tensor&, IntArrayRef);
 using AdaptiveGradSig = Tensor(const Tensor&, const Tensor&);
 using BatchNormSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const OptTensor&, const OptTensor&,
                                                         const OptTensor&, const OptTensor&, const OptTensor&, bool,
-                                                        std::optional<double>, double);
+                                                        std::optional<double>, double, c10::string_view);
 using BatchNormGradSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                                            const Tensor&, const OptTensor&, bool, double);
+                                                            const Tensor&, const OptTensor&, bool, double,
+                                                            const OptTensor&, c10::string_view);
 
 // Handles looked up once per namespace, on first use (the schemas are defined by then).
 template <int NS>

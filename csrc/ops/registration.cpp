@@ -37,7 +37,8 @@ void define_schemas(torch::Library& m) {
   m.def("adaptive_avg_pool2d(Tensor input, int[2] output_size) -> Tensor");
   m.def("adaptive_avg_pool2d_backward(Tensor grad_output, Tensor input) -> Tensor");
 
-  // Fused relu(batch_norm(x)). Returns the output and the statistics it used
+  // Fused act(batch_norm(x)), act one of "relu", "relu6", "silu", "hardswish"
+  // or "identity" (cnnkern/activation.h). Returns the output and the statistics it used
   // (batch mean and biased variance when training, the running ones otherwise),
   // in fp32 (fp64 for double). In training it updates the buffers in place as
   // nn.BatchNorm2d does (batch_norm_common.h): num_batches_tracked += 1, then
@@ -46,13 +47,16 @@ void define_schemas(torch::Library& m) {
   // (kernels/batch_norm.py) takes the same arguments.
   m.def(
       "batch_norm_relu(Tensor input, Tensor? weight, Tensor? bias, Tensor(a!)? running_mean, "
-      "Tensor(b!)? running_var, Tensor(c!)? num_batches_tracked, bool training, float? momentum, float eps) "
-      "-> (Tensor, Tensor, Tensor)");
-  // Gradients of input, weight and bias (the last two in fp32, fp64 for double),
-  // from the saved output's ReLU mask: no pre-activation tensor is kept.
+      "Tensor(b!)? running_var, Tensor(c!)? num_batches_tracked, bool training, float? momentum, float eps, "
+      "str activation=\"relu\") -> (Tensor, Tensor, Tensor)");
+  // Gradients of input, weight and bias (the last two in fp32, fp64 for double).
+  // ReLU and ReLU6 take their mask from the saved output; SiLU and Hardswish
+  // recompute the pre-activation from input, the statistics, weight and bias:
+  // no pre-activation tensor is kept.
   m.def(
       "batch_norm_relu_backward(Tensor grad_output, Tensor output, Tensor input, Tensor mean, Tensor var, "
-      "Tensor? weight, bool training, float eps) -> (Tensor, Tensor, Tensor)");
+      "Tensor? weight, bool training, float eps, Tensor? bias=None, str activation=\"relu\") "
+      "-> (Tensor, Tensor, Tensor)");
 }
 
 }  // namespace

@@ -342,7 +342,8 @@ void run_case(const Case& c, uint32_t seed) {
     {
       Check k;
       const auto t0 = std::chrono::steady_clock::now();
-      kern::batch_norm_relu_apply<T>(s, x.data.data(), use_mean, use_var, w_ptr, b_ptr, kEps, y.data.data(), nullptr);
+      kern::batch_norm_relu_apply<T>(s, x.data.data(), use_mean, use_var, w_ptr, b_ptr, kEps, cnnkern::Act::Relu,
+                                     y.data.data(), nullptr);
       const double ms = ms_since(t0);
       k.require(y.gaps_untouched(), "WROTE OUTSIDE THE VIEW");
       int64_t i = 0;
@@ -362,14 +363,14 @@ void run_case(const Case& c, uint32_t seed) {
       Buffer<T> dx(dims, c.y_layout);
       Guarded<A> gw(c.C), gb(c.C), ws(ws_bwd);
       const auto t0 = std::chrono::steady_clock::now();
-      kern::batch_norm_relu_backward<T>(s, dy.data.data(), y.data.data(), x.data.data(), use_mean, use_var, w_ptr, kEps,
-                                        training, dx.data.data(), gw.ptr(), gb.ptr(), ws.ptr(), nullptr);
+      kern::batch_norm_relu_backward<T>(s, dy.data.data(), y.data.data(), x.data.data(), use_mean, use_var, w_ptr, b_ptr,
+                                        kEps, cnnkern::Act::Relu, training, dx.data.data(), gw.ptr(), gb.ptr(), ws.ptr(), nullptr);
       const double ms = ms_since(t0);
       if (std::is_same_v<T, float> && c.many_chunks) {
         Buffer<T> dx2(dims, c.y_layout);
         Guarded<A> gw2(c.C), gb2(c.C), ws2(ws_bwd);
         kern::batch_norm_relu_backward<T>(s, dy.data.data(), y.data.data(), x.data.data(), use_mean, use_var, w_ptr,
-                                          kEps, training, dx2.data.data(), gw2.ptr(), gb2.ptr(), ws2.ptr(), nullptr);
+                                          b_ptr, kEps, cnnkern::Act::Relu, training, dx2.data.data(), gw2.ptr(), gb2.ptr(), ws2.ptr(), nullptr);
         k.require(same_bits(dx.data, dx2.data) && same_bits(gw.data, gw2.data) && same_bits(gb.data, gb2.data),
                   "NOT DETERMINISTIC");
       }

@@ -10,6 +10,7 @@
 #pragma once
 #include <cstdint>
 
+#include "cnnkern/activation.h"
 #include "cnnkern/gpu_types.h"
 
 namespace cnnkern {
@@ -51,21 +52,24 @@ void batch_norm_stats(const BnShape& s, const T* x, acc_t<T>* mean, acc_t<T>* va
 // Elements of acc_t<T> the stats workspace needs.
 int64_t batch_norm_stats_workspace(const BnShape& s);
 
-// y = relu((x - mean[c]) * rsqrt(var[c] + eps) * weight[c] + bias[c]), one pass.
+// y = act((x - mean[c]) * rsqrt(var[c] + eps) * weight[c] + bias[c]), one pass.
 // Training passes the batch statistics, eval the running ones.
 template <typename T>
 void batch_norm_relu_apply(const BnShape& s, const T* x, const acc_t<T>* mean, const acc_t<T>* var,
-                           const acc_t<T>* weight, const acc_t<T>* bias, double eps, T* y, gpu_stream_t stream);
+                           const acc_t<T>* weight, const acc_t<T>* bias, double eps, Act act, T* y,
+                           gpu_stream_t stream);
 
-// Backward from the saved output (ReLU mask y > 0) and input:
-//   g = dy·[y > 0], xhat = (x - mean)·invstd
+// Backward from the saved output y and input x (activation.h says which an
+// activation reads; bias is read only to recompute z):
+//   g = dy·act'(z), xhat = (x - mean)·invstd
 //   grad_bias[c] = Σ g, grad_weight[c] = Σ g·xhat       (one reduction pass, split like the stats)
 //   training: dx = weight·invstd·(g - Σg/M - xhat·Σ(g·xhat)/M)     eval: dx = weight·invstd·g
 // grad_weight and grad_bias are always written (acc_t<T>); workspace as for the stats.
 template <typename T>
 void batch_norm_relu_backward(const BnShape& s, const T* dy, const T* y, const T* x, const acc_t<T>* mean,
-                              const acc_t<T>* var, const acc_t<T>* weight, double eps, bool training, T* dx,
-                              acc_t<T>* grad_weight, acc_t<T>* grad_bias, acc_t<T>* workspace, gpu_stream_t stream);
+                              const acc_t<T>* var, const acc_t<T>* weight, const acc_t<T>* bias, double eps,
+                              Act act, bool training, T* dx, acc_t<T>* grad_weight, acc_t<T>* grad_bias,
+                              acc_t<T>* workspace, gpu_stream_t stream);
 int64_t batch_norm_backward_workspace(const BnShape& s);
 
 }  // namespace CNNKERN_GPU_NS
