@@ -411,13 +411,16 @@ def _convert(module: nn.Module, to: str, path: str, report: ConversionReport) ->
     return module
 
 
-def convert(module: nn.Module, to: str = "cnnkern", *, inplace: bool = False, report: bool = False):
+def convert(module: nn.Module, to: str = "cnnkern", *, inplace: bool = False, report: bool = False,
+            sync_bn: bool = False, process_group=None):
     """Return `module` with its convolution, pooling and BatchNorm+ReLU layers
     computed by cnnkern (to="cnnkern") or by torch.nn again (to="torch").
 
     Weights are kept; with inplace=False (the default) the module is deep-copied
     first, as torch.ao's conversions do. report=True returns (module,
-    ConversionReport) instead: print it for a summary.
+    ConversionReport) instead: print it for a summary. sync_bn=True also makes every fused
+    BatchNorm a cnnkern.distributed.SyncBatchNormReLU2d (statistics over `process_group`, default
+    all processes, as nn.SyncBatchNorm).
     """
     if to not in ("cnnkern", "torch"):
         raise ValueError(f"to must be 'cnnkern' or 'torch', got {to!r}")
@@ -425,8 +428,14 @@ def convert(module: nn.Module, to: str = "cnnkern", *, inplace: bool = False, re
         raise TypeError(f"convert expects an nn.Module, got {type(module).__name__}")
     if not inplace:
         module = copy.deepcopy(module)
+    if sync_bn and to != "cnnkern":
+        raise ValueError("sync_bn=True needs to='cnnkern'")
     summary = ConversionReport()
     out = _convert(module, to, "", summary)
+    if sync_bn:
+        from .distributed import convert_sync_batchnorm
+
+        out = convert_sync_batchnorm(out, process_group)
     if to == "cnnkern":  # BatchNorms outside any traced forward() or nn.Sequential
         reported = {p for p, _ in summary.alone} | {p for p, _, _ in summary.fused}
         summary.alone += [(path, "its parent's forward() is not traced (a torch.nn container or the top)")

@@ -546,11 +546,17 @@ class DeviceLoader:
     and can resume on either. Padding is black pixels (0 before normalisation), as in
     torchvision's RandomCrop(padding=p). One iteration at a time: iterating advances the
     loader's own position.
+
+    Sharding, for training on several processes: with `world_size` W > 1, batch_size is the
+    global batch and the loader of `rank` r yields samples r, r+W, r+2W, ... of each global
+    batch (the last batch may leave some ranks with fewer, or none). W loaders with the same
+    seed, one per rank, together yield exactly the batches of the unsharded loader, and they
+    share its length, positions and state_dict.
     """
 
     def __init__(self, images, labels, batch_size, *, mean, std, shuffle=False, drop_last=False,
                  crop_padding=0, flip=False, seed=0, device="cpu", dtype=torch.float32,
-                 channels_last=False):
+                 channels_last=False, rank=0, world_size=1):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
         if labels.dim() != 1 or len(labels) != len(images):
@@ -559,6 +565,8 @@ class DeviceLoader:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if crop_padding < 0:
             raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in 0..world_size-1, got rank {rank} of world_size {world_size}")
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating point type, got {dtype}")
         channels = images.shape[1]
@@ -574,6 +582,7 @@ class DeviceLoader:
         self.dtype, self.channels_last = dtype, bool(channels_last)
         self.mean, self.std = mean, std
         self.seed, self.epoch, self.position = int(seed), 0, 0
+        self.rank, self.world_size = int(rank), int(world_size)
         # Normalise in at least fp32 and round once to `dtype`.
         self._work_dtype = torch.promote_types(dtype, torch.float32)
         m = torch.tensor(mean, dtype=torch.float64).view(1, -1, 1, 1)
@@ -587,7 +596,8 @@ class DeviceLoader:
 
     @property
     def num_samples(self) -> int:
-        """Samples in the data set (all of them are yielded each epoch unless drop_last)."""
+        """Samples in the data set (each epoch yields all of them, over all ranks when sharded,
+        unless drop_last)."""
         return len(self.images)
 
     def __len__(self) -> int:
@@ -640,10 +650,12 @@ class DeviceLoader:
         if plan.flip is not None:
             cols = torch.where(plan.flip[sl].unsqueeze(1), cols.flip(1), cols)
         index = (rows.unsqueeze(2) * (w + 2 * p) + cols.unsqueeze(1)).view(n, 1, h * w).expand(n, c, h * w)
-        return torch.gather(x.reshape(n, c, -1), 2, index).view(n, c, h, w)
+        # flatten, not reshape(n, c, -1): an empty shard (n = 0) leaves no size to infer
+        return torch.gather(x.flatten(2), 2, index).view(n, c, h, w)
 
     def _batch(self, plan: _EpochPlan, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        sl = slice(k * self.batch_size, min((k + 1) * self.batch_size, len(self.images)))
+        # This rank's positions in the epoch's order: every world_size-th of batch k's (all of them unsharded).
+        sl = slice(k * self.batch_size + self.rank, min((k + 1) * self.batch_size, len(self.images)), self.world_size)
         if plan.perm is None:
             x, y = self.images[sl], self.labels[sl]
         else:

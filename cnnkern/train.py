@@ -6,6 +6,16 @@ test loss and accuracy; --out receives metrics.json, curves.png and
 checkpoint.pt. A checkpoint holds the model, the optimizer, the schedule, the
 loader's position and the RNG states, so --resume continues with exactly the
 batch and the optimizer state an uninterrupted run would have had.
+
+Under torchrun (`torchrun --nproc-per-node N -m cnnkern train ...`) each of the N
+processes trains a DistributedDataParallel replica on its shard of every batch:
+--batch-size is the global batch, and rank r takes samples r, r+N, r+2N, ... of
+it (cnnkern.data.DeviceLoader's sharding), so the N shards together are the
+single-process batch. Each process's loss is its shard's share of the global
+batch's mean, so the averaged gradient, the step and the reported losses are
+those of one process (up to rounding) when the model has no BatchNorm, or with
+--sync-bn, whose BatchNorms normalise over the whole batch. Only rank 0 prints
+and writes files; --resume under the same number of processes is exact.
 """
 from __future__ import annotations
 
@@ -21,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from . import data as D
+from . import distributed as DIST
 from . import models as M
 from ._backend import BACKENDS, use_backend
 
@@ -58,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model (on CUDA mode='reduce-overhead': the step's kernels replay "
                              "as CUDA graphs, so the host's per-layer cost leaves the step time)")
+    parser.add_argument("--sync-bn", action="store_true",
+                        help="under torchrun: cnnkern's fused BatchNorms compute their statistics over all "
+                             "processes' shards (cnnkern.distributed.SyncBatchNormReLU2d), as in one process")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -82,6 +96,7 @@ def recipe_config(model: str, *, device: str = "cpu", layers: str = "cnnkern", b
         "momentum": r.momentum, "nesterov": r.nesterov, "weight_decay": r.weight_decay,
         "label_smoothing": r.label_smoothing, "schedule": r.schedule, "warmup_frac": r.warmup_frac,
         "crop_padding": r.crop_padding, "flip": r.flip, "seed": seed, "compile": False, "verify": True,
+        "sync_bn": False,
     }
     unknown = set(overrides) - set(cfg)
     if unknown:
@@ -100,7 +115,7 @@ def _config(args: argparse.Namespace) -> dict:
         raise SystemExit("--device cuda: no CUDA device is available (use --device cpu)")
     flags = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "optimizer": args.optimizer,
              "dtype": args.dtype, "compile": args.compile or None, "dataset": args.dataset,
-             "verify": False if args.no_verify else None}
+             "verify": False if args.no_verify else None, "sync_bn": args.sync_bn or None}
     return recipe_config(model, device=device, layers=args.layers, backend=args.backend, seed=args.seed,
                          **{key: value for key, value in flags.items() if value is not None})
 
@@ -132,8 +147,8 @@ def load_data(cfg: dict, data_dir: str | None, download: bool) -> D.ImageDataset
         if cfg["dataset"] != "mnist" or not isinstance(exc, D.DatasetNotFoundError):
             raise SystemExit(str(exc)) from None
         data = D.load_dataset("mnist", data_dir, download=False, allow_sample=True)
-        print(f"MNIST not found and not downloadable: training on the {len(data.train_labels):,}-image sample "
-              f"shipped with cnnkern (pass --data-dir for the full set)", flush=True)
+        _print_main(f"MNIST not found and not downloadable: training on the {len(data.train_labels):,}-image "
+                    f"sample shipped with cnnkern (pass --data-dir for the full set)")
     spec = M.spec(cfg["model"])
     shape = tuple(data.train_images.shape[1:])
     if shape != spec.input_shape or len(data.classes) > spec.num_classes:
@@ -143,7 +158,14 @@ def load_data(cfg: dict, data_dir: str | None, download: bool) -> D.ImageDataset
     return data
 
 
+def _print_main(*args) -> None:
+    """print, on the main process only."""
+    if DIST.is_main():
+        print(*args, flush=True)
+
+
 def evaluate(model: torch.nn.Module, loader: D.DeviceLoader) -> tuple[float, float]:
+    """Test loss and accuracy over the loader's whole data set (summed over the processes' shards)."""
     model.eval()
     loss_sum, correct = 0.0, 0
     with torch.no_grad():
@@ -152,6 +174,7 @@ def evaluate(model: torch.nn.Module, loader: D.DeviceLoader) -> tuple[float, flo
             loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
             correct += (logits.argmax(1) == labels).sum().item()
     model.train()
+    loss_sum, correct = DIST.all_reduce_sum((loss_sum, correct), loader.device)
     return loss_sum / loader.num_samples, 100.0 * correct / loader.num_samples
 
 
@@ -190,17 +213,42 @@ def plot_curves(history: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _check_batch_size(cfg: dict, world: int) -> None:
+    if cfg["batch_size"] % world:
+        raise SystemExit(f"--batch-size {cfg['batch_size']} is not divisible by the {world} processes: each takes "
+                         f"an equal part of every batch (use a multiple of {world})")
+
+
+def _unsynchronised_batch_norms(model: torch.nn.Module) -> int:
+    """BatchNorm layers that --sync-bn leaves with per-process statistics (those convert_sync_batchnorm
+    does not take: torch's own, in a model not converted to cnnkern's layers)."""
+    return sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(m, DIST.SyncBatchNormReLU2d)
+               for m in model.modules())
+
+
 def train(cfg: dict, out: Path, *, data_dir=None, download=True, resume: dict | None = None,
           save_every: int = 0, max_steps: int = 0, progress: bool = True) -> list[dict]:
-    """Runs (or continues) training as configured; returns the per-epoch history."""
-    device, dtype = torch.device(cfg["device"]), DTYPES[cfg["dtype"]]
-    out.mkdir(parents=True, exist_ok=True)
-    data = load_data(cfg, data_dir, download)
-    torch.manual_seed(cfg["seed"])
-    model = M.build(cfg["model"], cfg["layers"]).to(device=device, dtype=dtype)
+    """Runs (or continues) training as configured; returns the per-epoch history.
+
+    In a process group of more than one process (main() sets torchrun's up), every process
+    calls this: each trains a DistributedDataParallel replica on its shard of every batch,
+    and rank 0 alone prints and writes to `out`. Every process returns the same losses."""
+    world, main_process = DIST.world_size(), DIST.is_main()
+    _check_batch_size(cfg, world)
+    device, dtype = DIST.local_device(cfg["device"]), DTYPES[cfg["dtype"]]
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+    with DIST.main_first():  # a download happens once, into the directory the others then read
+        data = load_data(cfg, data_dir, download)
+    torch.manual_seed(cfg["seed"])  # the same initial model on every process
+    model = M.build(cfg["model"], cfg["layers"])
+    if cfg.get("sync_bn"):
+        model = DIST.convert_sync_batchnorm(model)
+    model = model.to(device=device, dtype=dtype)
     if cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
-    common = dict(mean=data.mean, std=data.std, device=device, dtype=dtype, channels_last=cfg["channels_last"])
+    common = dict(mean=data.mean, std=data.std, device=device, dtype=dtype, channels_last=cfg["channels_last"],
+                  rank=DIST.rank(), world_size=world)
     train_loader = D.DeviceLoader(data.train_images, data.train_labels, cfg["batch_size"], shuffle=True,
                                   drop_last=False, crop_padding=cfg["crop_padding"], flip=cfg["flip"],
                                   seed=cfg["seed"], **common)
@@ -211,6 +259,8 @@ def train(cfg: dict, out: Path, *, data_dir=None, download=True, resume: dict | 
     history: list[dict] = []
     step = 0
     if resume is not None:
+        # Every process loads the same state (rank 0's): the processes' RNG streams are identical
+        # throughout, as all start from the same seed.
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         schedule.load_state_dict(resume["schedule"])
@@ -219,60 +269,87 @@ def train(cfg: dict, out: Path, *, data_dir=None, download=True, resume: dict | 
         torch.set_rng_state(resume["rng"]["cpu"])
         if "cuda" in resume["rng"]:
             torch.cuda.set_rng_state(resume["rng"]["cuda"])
+    # DDP averages the gradients over the processes; `model` stays the unwrapped module, whose
+    # state_dict keys the checkpoints keep.
+    replica = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
 
     ckpt = out / CHECKPOINT
     source = "the shipped sample" if data.is_sample else data.source
-    print(f"{cfg['model']} on {cfg['dataset']} ({len(data.train_labels):,} train / {len(data.test_labels):,} test "
-          f"images from {source}); {cfg['layers']} layers, backend {cfg['backend'] or 'default'}, "
-          f"{cfg['device']} {cfg['dtype']}", flush=True)
+    processes = ""
+    if world > 1:
+        processes = f", {world} processes" + (" with synchronised BatchNorm" if cfg.get("sync_bn") else "")
+    _print_main(f"{cfg['model']} on {cfg['dataset']} ({len(data.train_labels):,} train / {len(data.test_labels):,} "
+                f"test images from {source}); {cfg['layers']} layers, backend {cfg['backend'] or 'default'}, "
+                f"{cfg['device']} {cfg['dtype']}{processes}")
+    unsynchronised = _unsynchronised_batch_norms(model) if cfg.get("sync_bn") else 0
+    if unsynchronised:
+        _print_main(f"--sync-bn: {unsynchronised} BatchNorm layers are not cnnkern BatchNormReLU2d and keep "
+                    f"per-process statistics")
     from tqdm import tqdm
 
     # The compiled module shares the model's parameters; checkpoints keep the model's own state_dict keys.
-    forward = (torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else "default")
-               if cfg.get("compile") else model)
+    forward = (torch.compile(replica, mode="reduce-overhead" if device.type == "cuda" else "default")
+               if cfg.get("compile") else replica)
     with use_backend(cfg["backend"]):
         while train_loader.state_dict()["epoch"] < cfg["epochs"]:
             epoch = train_loader.state_dict()["epoch"]
             first = train_loader.state_dict()["position"]
             bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{cfg['epochs']}",
-                       disable=not progress, mininterval=1.0, file=sys.stderr, leave=False)
+                       disable=not progress or not main_process, mininterval=1.0, file=sys.stderr, leave=False)
             loss_sum, seen, start = 0.0, 0, time.perf_counter()
-            for images, labels in train_loader:
-                loss = F.cross_entropy(forward(images).float(), labels, label_smoothing=cfg["label_smoothing"])
+            for k, (images, labels) in enumerate(train_loader, start=first):
+                logits = forward(images).float()
+                if world == 1:
+                    loss = F.cross_entropy(logits, labels, label_smoothing=cfg["label_smoothing"])
+                else:
+                    # DDP averages the processes' gradients: world/(global batch size) times the shard's
+                    # summed loss makes that average the gradient of the global batch's mean loss, also
+                    # for a last batch that splits unevenly.
+                    shard_sum = F.cross_entropy(logits, labels, label_smoothing=cfg["label_smoothing"],
+                                                reduction="sum")
+                    global_batch = min(cfg["batch_size"], train_loader.num_samples - k * cfg["batch_size"])
+                    loss = shard_sum * (world / global_batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 schedule.step()
                 step += 1
-                loss_sum += loss.item() * len(labels)
+                batch_sum = loss.item() * len(labels) if world == 1 else shard_sum.item()
+                loss_sum += batch_sum
                 seen += len(labels)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}",
+                bar.set_postfix(loss=f"{batch_sum / max(len(labels), 1):.4f}",
                                 img_s=f"{seen / (time.perf_counter() - start):.0f}", refresh=False)
                 stop = max_steps and step >= max_steps
-                if (save_every and step % save_every == 0) or stop:
+                if main_process and ((save_every and step % save_every == 0) or stop):
                     save_checkpoint(ckpt, cfg, model, optimizer, schedule, train_loader, step, history)
                 if stop:
                     bar.close()
-                    print(f"stopped after {step} steps; checkpoint in {ckpt}", flush=True)
+                    _print_main(f"stopped after {step} steps; checkpoint in {ckpt}")
                     return history
             bar.close()
             seconds = time.perf_counter() - start
+            loss_sum, seen = DIST.all_reduce_sum((loss_sum, seen), device)
+            DIST.broadcast_buffers(model)  # evaluate and save rank 0's running statistics on every process
             test_loss, test_acc = evaluate(model, test_loader)
             history.append({"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "test_loss": test_loss,
                             "test_accuracy": test_acc, "seconds": seconds,
                             "images_per_second": seen / seconds if seconds > 0 else math.nan,
                             "partial_epoch": first > 0})
-            print(f"epoch {epoch + 1}/{cfg['epochs']}: train loss {history[-1]['train_loss']:.4f}, "
-                  f"test loss {test_loss:.4f}, test accuracy {test_acc:.2f}%, "
-                  f"{history[-1]['images_per_second']:.0f} images/s, {seconds:.1f} s", flush=True)
-            save_checkpoint(ckpt, cfg, model, optimizer, schedule, train_loader, step, history)
+            _print_main(f"epoch {epoch + 1}/{cfg['epochs']}: train loss {history[-1]['train_loss']:.4f}, "
+                        f"test loss {test_loss:.4f}, test accuracy {test_acc:.2f}%, "
+                        f"{history[-1]['images_per_second']:.0f} images/s, {seconds:.1f} s")
+            if main_process:
+                save_checkpoint(ckpt, cfg, model, optimizer, schedule, train_loader, step, history)
 
-    (out / "metrics.json").write_text(json.dumps({"config": cfg, "data_source": source, "epochs": history},
-                                                 indent=2) + "\n")
-    if history:
-        plot_curves(history, out / "curves.png", f"{cfg['model']} ({cfg['layers']} layers)")
-    print(f"wrote {out / 'metrics.json'}, {out / 'curves.png'} and {ckpt}", flush=True)
+    if main_process:
+        launch = {"world_size": world} if world > 1 else {}
+        (out / "metrics.json").write_text(json.dumps({"config": cfg, "data_source": source, **launch,
+                                                      "epochs": history}, indent=2) + "\n")
+        if history:
+            plot_curves(history, out / "curves.png", f"{cfg['model']} ({cfg['layers']} layers)")
+    _print_main(f"wrote {out / 'metrics.json'}, {out / 'curves.png'} and {ckpt}")
     return history
 
 
@@ -285,10 +362,14 @@ def main(args: argparse.Namespace) -> int:
             raise SystemExit(f"{args.resume} is a {cfg['dataset']} run, not {args.dataset}")
         if args.epochs is not None:
             cfg["epochs"] = args.epochs
+        if args.sync_bn:
+            cfg["sync_bn"] = True
         out = Path(args.out) if args.out else Path(args.resume).parent
     else:
         cfg = _config(args)
         out = Path(args.out or os.path.join("runs", cfg["model"]))
-    train(cfg, out, data_dir=args.data_dir, download=not args.no_download, resume=resume,
-          save_every=args.save_every, max_steps=args.max_steps, progress=not args.quiet)
+    # Under torchrun with several processes: every process runs train() in one process group.
+    with DIST.process_group_from_env(cfg["device"]):
+        train(cfg, out, data_dir=args.data_dir, download=not args.no_download, resume=resume,
+              save_every=args.save_every, max_steps=args.max_steps, progress=not args.quiet)
     return 0
