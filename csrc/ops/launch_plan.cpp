@@ -91,6 +91,11 @@ PyObject* plan_key_of(PyObject* const* args, Py_ssize_t n) {
       const double d = PyFloat_AS_DOUBLE(o);
       std::memcpy(&v, &d, sizeof v);
       put('D'), put(v);
+    } else if (PyUnicode_CheckExact(o)) {  // e.g. batch_norm_relu's activation
+      Py_ssize_t len = 0;
+      const char* s = PyUnicode_AsUTF8AndSize(o, &len);
+      if (s == nullptr) return PyErr_Clear(), false;
+      put('U'), put(len), key.append(s, static_cast<size_t>(len));
     } else {
       return false;
     }
