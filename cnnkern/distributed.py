@@ -107,15 +107,11 @@ def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
 
 # --------------------------------------------------------------------------- synchronised BatchNorm
 
-def _stat_dtype(input: torch.Tensor) -> torch.dtype:
-    return torch.float64 if input.dtype == torch.float64 else torch.float32
-
-
 def _global_moments(input: torch.Tensor, group) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """Per channel over every process's input: the mean, the biased variance, Σ(x - mean)² and
     the count M, in fp32 (fp64 for float64). Two passes, so the variance is not the difference
     of two large sums."""
-    acc = _stat_dtype(input)
+    acc = _ops._stat_dtype(input)
     n, c, h, w = input.shape
     dims = (0, 2, 3)
     # The count rides with the sums in one all-reduce (exact in fp32 up to 2^24 values a channel).
@@ -131,34 +127,16 @@ def _global_moments(input: torch.Tensor, group) -> tuple[torch.Tensor, torch.Ten
     return mean, squares / count, squares, count
 
 
-# ---- The ops' activation argument: the one place that knows it. ------------------------------------
-# The ops take a trailing activation (default "relu"; the C++ backward also the bias before it, which
-# it needs to recompute an activation its output does not determine). It is passed only when it is
-# not "relu", so a ReLU layer calls the ops exactly as BatchNormReLU2d always has; and positionally,
-# as the Triton eager ops (autograd.Function.apply) take no keywords.
-
-def _forward_activation_args(activation: str) -> tuple:
-    return () if activation == "relu" else (activation,)
-
-
-def _backward_activation_args(activation: str, bias: torch.Tensor | None, backend: str) -> tuple:
-    if activation == "relu":
-        return ()
-    return (activation,) if backend == "triton" else (bias, activation)
-
-# -----------------------------------------------------------------------------------------------------
-
-
 def _eval_backward(backend: str, grad, output, input, mean, var, weight, bias, eps, activation):
     """The op's backward in eval mode (statistics held fixed): (w·invstd·g, Σ g·x̂, Σ g) with g the
     gradient at the activation's input. The Triton op recomputes the activation from the input
     and takes which gradients to compute; the C++ ops read the ReLU mask from the output."""
+    # Positional arguments: the Triton eager ops (autograd.Function.apply) take no keywords.
     ops = _ops.ops_for(backend)
-    extra = _backward_activation_args(activation, bias, backend)
     if backend == "triton":
         return ops.batch_norm_relu_backward(grad, input, mean, var, weight, bias, False, eps, [True, True, True],
-                                            *extra)
-    return ops.batch_norm_relu_backward(grad, output, input, mean, var, weight, False, eps, *extra)
+                                            activation)
+    return ops.batch_norm_relu_backward(grad, output, input, mean, var, weight, False, eps, bias, activation)
 
 
 class _SyncBatchNormReLU(torch.autograd.Function):
@@ -169,7 +147,7 @@ class _SyncBatchNormReLU(torch.autograd.Function):
     def forward(ctx, input, weight, bias, mean, var, count, eps, group, activation):
         backend = _backend.resolve(input.device)
         output, _, _ = _ops.ops_for(backend).batch_norm_relu(input, weight, bias, mean, var, None, False, None, eps,
-                                                             *_forward_activation_args(activation))
+                                                             activation)
         ctx.save_for_backward(input, output, weight, bias, mean, var)
         ctx.backend, ctx.count, ctx.eps, ctx.group, ctx.activation = backend, count, eps, group, activation
         return output
@@ -224,7 +202,7 @@ class SyncBatchNormReLU2d(BatchNormReLU2d):
             if self.track_running_stats:
                 self._update_running_stats(mean, squares, count)
         return _SyncBatchNormReLU.apply(input, self.weight, self.bias, mean, var, count, self.eps, group,
-                                        getattr(self, "activation", "relu"))
+                                        self.activation)
 
     def _update_running_stats(self, mean: torch.Tensor, squares: torch.Tensor, count: float) -> None:
         # nn.BatchNorm2d's rule (torch/nn/modules/batchnorm.py): bump the counter; the factor is the
