@@ -26,8 +26,9 @@ import torch.distributed as dist
 from . import _backend, _ops
 from .modules import BatchNormAct2d, BatchNormReLU2d
 
-__all__ = ["SyncBatchNormReLU2d", "all_reduce_sum", "broadcast_buffers", "convert_sync_batchnorm", "is_main",
-           "local_device", "main_first", "process_group_from_env", "rank", "world_size"]
+__all__ = ["SyncBatchNormReLU2d", "all_reduce_sum", "broadcast_buffers", "convert_sync_batchnorm",
+           "end_process_group", "is_main", "local_device", "main_first", "process_group_from_env", "rank",
+           "world_size"]
 
 
 # --------------------------------------------------------------------------- processes
@@ -59,8 +60,25 @@ def process_group_from_env(device_type: str):
     if device_type == "cuda":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    finished = False
     try:
         yield
+        finished = True
+    finally:
+        end_process_group(wait=finished)
+
+
+def end_process_group(wait: bool = True) -> None:
+    """Destroy the process group, after a barrier when `wait`. Without it a process that
+    finishes first tears its group down while another still uses it (rank 0 writing its
+    files), and gloo may abort the early one (SIGABRT, "terminate called without an active
+    exception", seen once in CI on a loaded machine). A process that failed does not wait:
+    the others would sit in the barrier until its timeout."""
+    if not dist.is_initialized():
+        return
+    try:
+        if wait:
+            dist.barrier()
     finally:
         dist.destroy_process_group()
 

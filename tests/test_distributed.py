@@ -44,11 +44,13 @@ def _free_port() -> int:
 def _worker(rank, port, fn, args):
     torch.set_num_threads(1)  # two processes on this two-core machine
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    finished = False
     try:
         with cnnkern.use_backend("cpu"):
             fn(rank, *args)
+        finished = True
     finally:
-        dist.destroy_process_group()
+        DIST.end_process_group(wait=finished)  # no process leaves while another still runs
 
 
 def spawn(fn, *args):
